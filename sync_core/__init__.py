@@ -1,0 +1,1 @@
+"""CRM ⇄ Microsoft 365 sync: pure domain, services (use cases) and adapters (I/O)."""

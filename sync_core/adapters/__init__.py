@@ -1,0 +1,1 @@
+"""I/O at the edges: Table Storage, queues, Graph, Entra ID, the CRM. Outside errors are translated here."""

@@ -1,0 +1,1 @@
+"""Use cases, one per module: gather (adapters) → decide (domain) → apply (adapters)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -135,6 +136,11 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         return _Reader(env).settings()
+
+    @classmethod
+    def from_process_env(cls) -> Settings:
+        """The app's settings: this is the one place the process environment is read."""
+        return cls.from_env(os.environ)
 
 
 # Every setting name in one place: the sample settings, README and Bicep template are checked against it.

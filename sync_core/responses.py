@@ -1,0 +1,73 @@
+"""HTTP outcomes, mapped in one place: what each outcome of a use case becomes for the caller.
+
+Error bodies follow the CRM contract: ``{"error": {"code", "message", "details"}}``. Messages are fixed
+texts or validation results, never exception text from outside services (it may carry hosts, ids or tokens).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import azure.functions as func
+
+from sync_core.errors import (
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    SettingsError,
+    StoreUnavailableError,
+    SyncError,
+    ThrottledError,
+)
+
+log = logging.getLogger(__name__)
+
+_JSON = "application/json"
+
+
+def json_response(
+    body: Mapping[str, Any], status: int = 200, headers: Mapping[str, str] | None = None
+) -> func.HttpResponse:
+    return func.HttpResponse(
+        json.dumps(body, separators=(",", ":")),
+        status_code=status,
+        mimetype=_JSON,
+        charset="utf-8",
+        headers=dict(headers or {}),
+    )
+
+
+def error_response(
+    status: int, code: str, message: str, details: Mapping[str, Any] | None = None
+) -> func.HttpResponse:
+    return json_response(
+        {"error": {"code": code, "message": message, "details": dict(details or {})}}, status
+    )
+
+
+def response_for_error(exc: SyncError, *, operation: str) -> func.HttpResponse:
+    """The one mapping from the error tree to HTTP. ``operation`` is a stable name for the log line."""
+    if isinstance(exc, InvalidRequestError):
+        return error_response(400, "invalid_request", str(exc), {"fields": exc.field_errors})
+    if isinstance(exc, NotFoundError):
+        return error_response(404, "not_found", "the resource does not exist")
+    if isinstance(exc, ConflictError):
+        return error_response(409, "conflict", "the resource changed meanwhile; retry")
+    if isinstance(exc, ThrottledError):
+        retry_after = str(max(1, round(exc.retry_after)))
+        return json_response(
+            {"error": {"code": "throttled", "message": "try again later", "details": {}}},
+            503,
+            {"Retry-After": retry_after},
+        )
+    if isinstance(exc, StoreUnavailableError):
+        log.warning("%s: storage unavailable", operation)
+        return error_response(503, "unavailable", "storage is unavailable; retry")
+    if isinstance(exc, SettingsError):
+        log.error("%s: settings invalid: %s", operation, ", ".join(sorted(exc.problems)))
+        return error_response(500, "misconfigured", "the service is misconfigured")
+    log.error("%s failed: %s", operation, type(exc).__name__)
+    return error_response(500, "internal", "internal error")

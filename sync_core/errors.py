@@ -12,6 +12,7 @@ at the adapter that met them and never leak into services. Only the trigger deci
     │   ├── NotFoundError          the entity does not exist
     │   └── StoreUnavailableError  storage did not answer (transient)
     ├── LeaseHeldError             another run holds the user's lease
+    ├── TokenCacheUnreadableError  a stored token cache does not decrypt (key missing, wrong, or altered)
     ├── RemoteError                a remote service (Graph, Entra ID, the CRM) failed
     │   ├── ThrottledError         429/503 with Retry-After (``retry_after`` seconds, already capped)
     │   ├── TransientRemoteError   5xx or a network failure: safe to retry later
@@ -67,6 +68,10 @@ class StoreUnavailableError(StoreError):
 
 class LeaseHeldError(SyncError):
     """Another holder has the lease and it has not expired."""
+
+
+class TokenCacheUnreadableError(SyncError):
+    """The stored token cache cannot be decrypted: unknown key id, wrong key, or altered bytes."""
 
 
 class RemoteError(SyncError):

@@ -47,6 +47,7 @@ class Azurite:
         self._process: subprocess.Popen[str] | None = None
         self.endpoints: AzuriteEndpoints | None = None
         self._lines: list[str] = []
+        self._drainer: threading.Thread | None = None
 
     def start(self) -> AzuriteEndpoints:
         if not AZURITE_BIN.exists():
@@ -69,6 +70,9 @@ class Azurite:
                 "--skipApiVersionCheck",
                 "--inMemoryPersistence",
                 "--disableProductStyleUrl",
+                # Telemetry probes the cloud metadata address (169.254.169.254); those hanging connections
+                # made every graceful stop wait out the 10 s below.
+                "--disableTelemetry",
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -93,7 +97,8 @@ class Azurite:
             if match:
                 ports[match.group(1)] = int(match.group(2))
         # Keep draining its output so a full pipe never blocks it.
-        threading.Thread(target=self._drain, daemon=True, name="azurite-output").start()
+        self._drainer = threading.Thread(target=self._drain, daemon=True, name="azurite-output")
+        self._drainer.start()
         self.endpoints = AzuriteEndpoints(ports["Blob"], ports["Queue"], ports["Table"])
         return self.endpoints
 
@@ -115,6 +120,10 @@ class Azurite:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, 9)
             process.wait(timeout=10)
+        if self._drainer is not None:
+            self._drainer.join(timeout=5)
+        if process.stdout is not None:
+            process.stdout.close()  # else the pipe is closed by the GC, with a ResourceWarning
 
     def __enter__(self) -> AzuriteEndpoints:
         return self.start()

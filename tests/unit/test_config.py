@@ -65,7 +65,12 @@ def test_every_problem_is_reported_at_once() -> None:
     del env["CRM_API_KEY"]
     with pytest.raises(SettingsError) as caught:
         Settings.from_env(env)
-    assert set(caught.value.problems) == {"SYNC_DIRECTION", "LEASE_SECONDS", "RENEWAL_SCHEDULE", "CRM_API_KEY"}
+    assert set(caught.value.problems) == {
+        "SYNC_DIRECTION",
+        "LEASE_SECONDS",
+        "RENEWAL_SCHEDULE",
+        "CRM_API_KEY",
+    }
     assert "one of both, crm_to_m365, m365_to_crm" in caught.value.problems["SYNC_DIRECTION"]
 
 

@@ -56,10 +56,10 @@ def test_wrong_key_with_same_id_and_tampering_are_refused() -> None:
     with pytest.raises(TokenCacheUnreadableError):
         TokenCipher([key("k1")]).decrypt(sealed, user_id="u1")
     cipher = TokenCipher([key("k1")])
-    sealed = bytearray(cipher.encrypt(CACHE, user_id="u1"))
-    sealed[-1] ^= 1
+    altered = bytearray(cipher.encrypt(CACHE, user_id="u1"))
+    altered[-1] ^= 1
     with pytest.raises(TokenCacheUnreadableError):
-        cipher.decrypt(bytes(sealed), user_id="u1")
+        cipher.decrypt(bytes(altered), user_id="u1")
     for junk in (b"", b"TC1", b"XYZ\x02k1" + b"\0" * 40):
         with pytest.raises(TokenCacheUnreadableError):
             cipher.decrypt(junk, user_id="u1")

@@ -1,0 +1,54 @@
+"""``python -m devkit COMMAND``: the local development kit's command line.
+
+Each command is one small function below that adds its sub-parser and sets ``run`` (a callable taking the
+parsed arguments and returning the exit code); list it in ``COMMANDS``. ``graph``, ``identity`` and ``crm``
+(the emulators) are added the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+
+def _host(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from devkit import host
+
+    parser = subparsers.add_parser(
+        "host",
+        help="run a function_app.py locally: HTTP triggers, queue triggers on Azurite, timers",
+        description="Run a v2-model function_app.py as the Azure Functions host does (see docs/devkit.md).",
+    )
+    host.add_arguments(parser)
+    parser.set_defaults(run=host.run)
+
+
+def _demo(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from devkit import demo
+
+    parser = subparsers.add_parser(
+        "demo",
+        help="start Azurite and the local host on function_app.py, and call it",
+        description=demo.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo.add_arguments(parser)
+    parser.set_defaults(run=demo.run)
+
+
+COMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (_host, _demo)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devkit", description="Local development and test kit.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_command in COMMANDS:
+        add_command(subparsers)
+    args = parser.parse_args(argv)
+    code: int = args.run(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,7 +2,7 @@
 
 Each command is one small function below that adds its sub-parser and sets ``run`` (a callable taking the
 parsed arguments and returning the exit code); list it in ``COMMANDS``. ``graph``, ``identity`` and ``crm``
-(the emulators) are added the same way.
+are the emulators.
 """
 
 from __future__ import annotations
@@ -37,7 +37,39 @@ def _demo(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     parser.set_defaults(run=demo.run)
 
 
-COMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (_host, _demo)
+def _graph(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from devkit.graph_emulator import cli
+
+    parser = subparsers.add_parser("graph", help="run the Microsoft Graph emulator (see docs/devkit.md)")
+    cli.add_arguments(parser)
+    parser.set_defaults(run=cli.run)
+
+
+def _identity(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from devkit import identity_emulator
+
+    parser = subparsers.add_parser(
+        "identity", help="run the Entra ID emulator over HTTPS (see docs/devkit.md)"
+    )
+    identity_emulator.add_arguments(parser)
+    parser.set_defaults(run=identity_emulator.run)
+
+
+def _crm(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from devkit import crm_emulator
+
+    parser = subparsers.add_parser("crm", help="run the CRM emulator (the outbound CRM contract)")
+    crm_emulator.add_arguments(parser)
+    parser.set_defaults(run=crm_emulator.run)
+
+
+COMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
+    _host,
+    _demo,
+    _graph,
+    _identity,
+    _crm,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from devkit.graph_emulator import GraphEmulator
 from devkit.graph_emulator.auth import Authenticator, JwksProvider
 from devkit.graph_emulator.util import GraphError
 from devkit.identity_emulator import (
@@ -864,3 +865,40 @@ def test_main_runs_the_emulator_alone(tmp_path: Path) -> None:
         _, stderr = process.communicate(timeout=10)
     assert process.returncode == 0, stderr
     assert config["client_secret"] not in stderr
+
+
+def test_msal_user_token_works_at_the_graph_emulator_and_bad_tokens_get_401(
+    identity_emulator: IdentityEmulator,
+    https_session: requests.Session,
+    directory: Directory,
+    test_ca: CertAuthority,
+    stranger_key: SigningKey,
+) -> None:
+    """End to end over HTTPS: real MSAL signs a user in (auth code + PKCE) and calls the Graph emulator."""
+    app = confidential_app(identity_emulator, https_session, directory.client_id, directory.tenant_id)
+    token = sign_in(app, https_session, directory.user_upn)["access_token"]
+    keys_url = f"{identity_emulator.authority(directory.tenant_id)}/discovery/v2.0/keys"
+    certificate = test_ca.issue_server_certificate("graph-emulator")
+    with GraphEmulator(
+        jwks=keys_url,
+        jwks_ca_path=str(test_ca.cert_path),
+        certificate=certificate,
+        time_source=identity_emulator.clock.now,
+    ) as graph:
+        graph.add_mailbox(directory.user_oid, upn=directory.user_upn)
+        events_url = f"{graph.base_url}/me/events"
+
+        def call(bearer: str) -> requests.Response:
+            return https_session.get(events_url, headers={"Authorization": f"Bearer {bearer}"}, timeout=10)
+
+        assert call(token).status_code == 200
+        header, payload, signature = token.split(".")
+        widened = json.loads(b64url_decode(payload)) | {"scp": "Calendars.ReadWrite Mail.ReadWrite"}
+        tampered = ".".join([header, b64url(json.dumps(widened).encode()), signature])
+        wrong_audience = stranger_key.sign(json.loads(b64url_decode(payload)) | {"aud": "api://elsewhere"})
+        for bad in (tampered, wrong_audience):
+            refused = call(bad)
+            assert refused.status_code == 401
+            assert refused.json()["error"]["code"] == "InvalidAuthenticationToken"
+        identity_emulator.clock.advance(2 * 3600)  # the clock both emulators share: the token has expired
+        assert call(token).status_code == 401

@@ -7,8 +7,9 @@ import logging
 
 import azure.functions as func
 
-from sync_core import wiring
+from sync_core import inbound, wiring
 from sync_core.responses import json_response
+from sync_core.services.connect import ConnectService
 from sync_core.services.health import check_health
 
 log = logging.getLogger(__name__)
@@ -19,8 +20,74 @@ wiring.check_settings()
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
 
+def _connect() -> ConnectService:
+    return wiring.container().connect_service
+
+
 @app.function_name("health")
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def health(req: func.HttpRequest) -> func.HttpResponse:
     report = check_health(wiring.container().health_probes())
     return json_response(report.as_json(), status=200 if report.healthy else 503)
+
+
+# --- the CRM: connect, disconnect, status (function key + request signature) ----------------------------
+
+
+@app.function_name("connect")
+@app.route(route="users/{crmUserId}/connect", methods=["POST"])
+def connect(req: func.HttpRequest) -> func.HttpResponse:
+    return inbound.crm_call(req, "connect", lambda user, body: _connect().start(user, body).as_json())
+
+
+@app.function_name("disconnect")
+@app.route(route="users/{crmUserId}/disconnect", methods=["POST"])
+def disconnect(req: func.HttpRequest) -> func.HttpResponse:
+    return inbound.crm_call(req, "disconnect", lambda user, body: _connect().disconnect(user, body))
+
+
+@app.function_name("status")
+@app.route(route="users/{crmUserId}/status", methods=["GET"])
+def status(req: func.HttpRequest) -> func.HttpResponse:
+    return inbound.crm_call(req, "status", lambda user, _body: _connect().status(user))
+
+
+# --- the browser: the OAuth callback (form_post POST, or GET with a query) and admin consent ---------------
+
+
+@app.function_name("auth_callback")
+@app.route(route="auth/callback", methods=["GET", "POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def auth_callback(req: func.HttpRequest) -> func.HttpResponse:
+    return inbound.browser_call(req, "auth_callback", lambda params: _connect().finish(params))
+
+
+@app.function_name("admin_consent")
+@app.route(route="admin/consent", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def admin_consent(req: func.HttpRequest) -> func.HttpResponse:
+    return inbound.browser_call(req, "admin_consent", lambda params: _connect().start_admin_consent(params))
+
+
+# --- Microsoft Graph: webhook and lifecycle endpoints (anonymous: notifications carry a clientState) ---
+
+
+@app.function_name("graph_notifications")
+@app.route(route="graph/notifications", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def graph_notifications(req: func.HttpRequest) -> func.HttpResponse:
+    return inbound.graph_call(req, "graph_notifications")
+
+
+@app.function_name("graph_lifecycle")
+@app.route(route="graph/lifecycle", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def graph_lifecycle(req: func.HttpRequest) -> func.HttpResponse:
+    return inbound.graph_call(req, "graph_lifecycle")
+
+
+# --- queued work -----------------------------------------------------------------------------------------
+
+
+@app.function_name("reconcile")
+@app.queue_trigger(arg_name="msg", queue_name="%SYNC_QUEUE_NAME%", connection="AzureWebJobsStorage")
+def reconcile(msg: func.QueueMessage) -> None:
+    # For now a run only checks the user's grant (a revoked one becomes reconnect_required, the CRM is told);
+    # the reconcile feature runs the sync itself here, after this same check.
+    _connect().check_access(inbound.sync_message(msg.get_body()))

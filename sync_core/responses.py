@@ -6,6 +6,7 @@ texts or validation results, never exception text from outside services (it may 
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 from collections.abc import Mapping
@@ -13,6 +14,7 @@ from typing import Any
 
 import azure.functions as func
 
+from sync_core.domain.connect import BrowserOutcome
 from sync_core.errors import (
     ConflictError,
     InvalidRequestError,
@@ -21,6 +23,7 @@ from sync_core.errors import (
     StoreUnavailableError,
     SyncError,
     ThrottledError,
+    TransientRemoteError,
 )
 
 log = logging.getLogger(__name__)
@@ -66,8 +69,56 @@ def response_for_error(exc: SyncError, *, operation: str) -> func.HttpResponse:
     if isinstance(exc, StoreUnavailableError):
         log.warning("%s: storage unavailable", operation)
         return error_response(503, "unavailable", "storage is unavailable; retry")
+    if isinstance(exc, TransientRemoteError):
+        log.warning(
+            "%s: a remote service is unavailable (%s)", operation, exc.code or exc.status or "no answer"
+        )
+        return error_response(503, "unavailable", "a service this depends on is unavailable; retry")
     if isinstance(exc, SettingsError):
         log.error("%s: settings invalid: %s", operation, ", ".join(sorted(exc.problems)))
         return error_response(500, "misconfigured", "the service is misconfigured")
     log.error("%s failed: %s", operation, type(exc).__name__)
     return error_response(500, "internal", "internal error")
+
+
+# --- browser-facing answers (the OAuth callback and admin consent) and Graph's validation handshake ---------
+
+# A page or redirect the browser sees: never cached, never framed, sends no Referer (the callback's query
+# must not leak to the CRM page), runs no script.
+_BROWSER_HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+}
+
+
+def browser_response(outcome: BrowserOutcome) -> func.HttpResponse:
+    """A redirect back to the CRM (303, so a form POST becomes a GET there), or one of our fixed pages."""
+    if outcome.redirect_url is not None:
+        return func.HttpResponse(
+            status_code=303, headers={**_BROWSER_HEADERS, "Location": outcome.redirect_url}
+        )
+    page = outcome.page
+    if page is None:
+        raise ValueError("a browser outcome needs a redirect or a page")
+    reason = f"<p>Reason: <code>{html.escape(outcome.reason.value)}</code></p>" if outcome.reason else ""
+    body = (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(page.title)}</title></head>'
+        f"<body><h1>{html.escape(page.title)}</h1><p>{html.escape(page.text)}</p>{reason}</body></html>"
+    )
+    return func.HttpResponse(
+        body, status_code=page.status, mimetype="text/html", charset="utf-8", headers=dict(_BROWSER_HEADERS)
+    )
+
+
+def text_response(text: str) -> func.HttpResponse:
+    """200 ``text/plain``: exactly ``text`` (Graph's validation handshake), never sniffed as anything else."""
+    return func.HttpResponse(
+        text,
+        status_code=200,
+        mimetype="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"},
+    )

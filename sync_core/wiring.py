@@ -8,12 +8,22 @@ container is process-wide and thread-safe: the Functions worker runs invocations
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from functools import cached_property
 
+import requests
+
+from sync_core.adapters.crm import CrmClient
+from sync_core.adapters.graph import GraphClient
+from sync_core.adapters.identity import IdentityClient, TimeoutSession, UserTokens
 from sync_core.adapters.queues import StorageQueues
 from sync_core.adapters.tables import TableStorage
+from sync_core.adapters.token_cipher import TokenCipher
 from sync_core.config import Settings
+from sync_core.domain.retry_policy import RetryPolicy
+from sync_core.services.connect import ConnectService
+from sync_core.services.subscriptions import GraphSubscriptions
 
 _HEALTH_PROBE_USER = "__health_probe__"
 
@@ -25,6 +35,8 @@ class Container:
         self.settings = settings
         self._ready_lock = threading.Lock()
         self._tables_ready = False
+        self._queues_ready: set[str] = set()
+        self._sessions: dict[str, requests.Session] = {}
 
     @cached_property
     def tables(self) -> TableStorage:
@@ -42,6 +54,80 @@ class Container:
                 self._tables_ready = True
         return self.tables
 
+    def ready_queues(self) -> StorageQueues:
+        """The queue client, with the sync queue created on first use in this worker."""
+        with self._ready_lock:
+            name = self.settings.sync_queue_name
+            if name not in self._queues_ready:
+                self.queues.ensure_queue(name)
+                self._queues_ready.add(name)
+        return self.queues
+
+    @cached_property
+    def cipher(self) -> TokenCipher:
+        return TokenCipher(self.settings.token_encryption_keys)
+
+    @cached_property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(retry_after_cap=self.settings.retry_after_cap_seconds)
+
+    @cached_property
+    def identity(self) -> IdentityClient:
+        return IdentityClient(self.settings, self._session("identity"))
+
+    @cached_property
+    def user_tokens(self) -> UserTokens:
+        return UserTokens(self.identity, self.ready_tables().tokens, self.cipher)
+
+    @cached_property
+    def graph(self) -> GraphClient:
+        return GraphClient(self.settings.graph_base_url, self._session("graph"), self.retry_policy)
+
+    @cached_property
+    def crm(self) -> CrmClient:
+        settings = self.settings
+        return CrmClient(
+            settings.crm_base_url,
+            settings.crm_api_key,
+            settings.crm_signing_secret,
+            self._session("crm"),
+            self.retry_policy,
+        )
+
+    @cached_property
+    def subscriptions(self) -> GraphSubscriptions:
+        tables = self.ready_tables()
+        return GraphSubscriptions(
+            self.graph,
+            self.user_tokens,
+            tables.subscriptions,
+            tables.connections,
+            public_base_url=self.settings.public_base_url,
+            max_lifetime_minutes=self.settings.subscription_max_lifetime_minutes,
+            clock=_utc_now,
+        )
+
+    @cached_property
+    def connect_service(self) -> ConnectService:
+        return ConnectService(
+            settings=self.settings,
+            tables=self.ready_tables(),
+            identity=self.identity,
+            tokens=self.user_tokens,
+            cipher=self.cipher,
+            subscriptions=self.subscriptions,
+            events=self.crm,
+            queue=_LazyQueue(self),
+            clock=_utc_now,
+        )
+
+    def _session(self, name: str) -> requests.Session:
+        with self._ready_lock:
+            session = self._sessions.get(name)
+            if session is None:
+                session = self._sessions[name] = TimeoutSession()
+            return session
+
     def health_probes(self) -> dict[str, Callable[[], None]]:
         def storage() -> None:
             # A point read of a row that never exists: one cheap round trip that proves storage answers.
@@ -50,10 +136,26 @@ class Container:
         return {"storage": storage}
 
     def close(self) -> None:
+        for session in self._sessions.values():
+            session.close()
         if "tables" in self.__dict__:
             self.tables.close()
         if "queues" in self.__dict__:
             self.queues.close()
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _LazyQueue:
+    """The queue client, creating the sync queue only when the first message is sent."""
+
+    def __init__(self, container: Container) -> None:
+        self._container = container
+
+    def send(self, name: str, payload: Mapping[str, object], visibility_timeout: int | None = None) -> str:
+        return self._container.ready_queues().send(name, payload, visibility_timeout)
 
 
 _lock = threading.Lock()

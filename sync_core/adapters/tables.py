@@ -66,6 +66,7 @@ from azure.data.tables import (
 from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 
 from sync_core.config import ConflictPolicy, StorageSettings, SyncDirection
+from sync_core.domain.connect import AdminConsent
 from sync_core.domain.state import (
     Connection,
     ConnectionState,
@@ -103,7 +104,20 @@ LINKS = "links"
 CURSORS = "cursors"
 OUTBOX = "outbox"
 LEASES = "leases"
-TABLES: tuple[str, ...] = (CONNECTIONS, TOKENS, OAUTH_STATE, SUBSCRIPTIONS, LINKS, CURSORS, OUTBOX, LEASES)
+NONCES = "nonces"
+ADMIN_CONSENTS = "adminconsents"
+TABLES: tuple[str, ...] = (
+    CONNECTIONS,
+    TOKENS,
+    OAUTH_STATE,
+    SUBSCRIPTIONS,
+    LINKS,
+    CURSORS,
+    OUTBOX,
+    LEASES,
+    NONCES,
+    ADMIN_CONSENTS,
+)
 
 # Table Storage limits (https://learn.microsoft.com/rest/api/storageservices/understanding-the-table-service-data-model).
 MAX_PROPERTY_BYTES = 64 * 1024
@@ -529,6 +543,14 @@ class TableStorage:
     @cached_property
     def leases(self) -> LeaseStore:
         return LeaseStore(self._table(LEASES))
+
+    @cached_property
+    def nonces(self) -> NonceStore:
+        return NonceStore(self._table(NONCES))
+
+    @cached_property
+    def admin_consents(self) -> AdminConsentStore:
+        return AdminConsentStore(self._table(ADMIN_CONSENTS))
 
     def _table(self, base: str) -> _Table:
         name = self.table_name(base)
@@ -1267,3 +1289,86 @@ def _lease_from(entity: TableEntity) -> Versioned[Lease]:
         expires_at=_required_time(entity, "ExpiresAt"),
     )
     return Versioned(lease, _etag_of(entity.metadata))
+
+
+# --- nonces: PK = nonce, RK = "nonce"; insert-if-absent with an expiry -------------------------------------
+
+_NONCE_ROW = "nonce"
+
+
+class NonceStore:
+    """Nonces of signed inbound requests, shared by every instance: each is accepted once while remembered.
+
+    ``remember`` is one insert when the nonce is new (the common case). A row whose expiry has passed is taken
+    over (guarded by its ETag), so correctness needs no cleanup; ``purge_expired`` keeps the table small.
+    """
+
+    def __init__(self, table: _Table) -> None:
+        self._table = table
+
+    def remember(self, nonce: str, now: datetime, keep_for: timedelta) -> bool:
+        """True when ``nonce`` was unused and is now remembered until ``now + keep_for``; False: a replay."""
+        entity: Entity = {_PK: _key("", nonce), _RK: _NONCE_ROW, "ExpiresAt": _utc(now + keep_for)}
+        for _attempt in range(_MAX_ATTEMPTS):
+            try:
+                self._table.create(entity)
+                return True
+            except ConflictError:
+                pass
+            current = self._table.get(entity[_PK], _NONCE_ROW)
+            if current is None:
+                continue  # purged meanwhile: insert again
+            if _decoded(self._table.name, lambda row: _required_time(row, "ExpiresAt"), current) > now:
+                return False
+            try:
+                self._table.replace(entity, _etag_of(current.metadata))
+                return True
+            except ConflictError:
+                return False  # another request took the expired nonce over at this very moment
+        raise ConflictError("nonces: a nonce row kept changing")
+
+    def purge_expired(self, now: datetime) -> int:
+        """Delete nonces past their expiry (a table scan: for a timer). Returns how many went."""
+        expired = [
+            (entity[_PK], entity[_RK], _etag_of(entity.metadata))
+            for entity in self._table.query("ExpiresAt lt @now", {"now": _utc(now)}, select=(_PK, _RK))
+        ]
+        for partition_key, row_key, etag in expired:
+            with contextlib.suppress(ConflictError):
+                self._table.delete(partition_key, row_key, etag)
+        return len(expired)
+
+
+# --- admin consents: PK = tenant id, RK = "adminconsent" ----------------------------------------------------
+
+_ADMIN_CONSENT_ROW = "adminconsent"
+
+
+class AdminConsentStore:
+    """Tenant-wide admin consents recorded by the admin-consent callback (the latest one per tenant)."""
+
+    def __init__(self, table: _Table) -> None:
+        self._table = table
+
+    def get(self, tenant_id: str) -> Versioned[AdminConsent] | None:
+        entity = self._table.get(_key("", tenant_id.lower()), _ADMIN_CONSENT_ROW)
+        return None if entity is None else _decoded(self._table.name, _admin_consent_from, entity)
+
+    def record(self, consent: AdminConsent) -> Versioned[AdminConsent]:
+        """Keep ``consent`` as the tenant's latest (an upsert: the newest grant is what counts)."""
+        entity: Entity = {
+            _PK: _key("", consent.tenant_id.lower()),
+            _RK: _ADMIN_CONSENT_ROW,
+            "GrantedAt": _utc(consent.granted_at),
+            "Scopes": " ".join(consent.scopes),
+        }
+        return Versioned(consent, self._table.upsert(entity))
+
+
+def _admin_consent_from(entity: TableEntity) -> Versioned[AdminConsent]:
+    consent = AdminConsent(
+        tenant_id=decode_key(entity[_PK]),
+        granted_at=_required_time(entity, "GrantedAt"),
+        scopes=tuple(str(entity.get("Scopes", "")).split()),
+    )
+    return Versioned(consent, _etag_of(entity.metadata))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-import msal  # type: ignore[import-untyped]
+import msal
 import pytest
 import requests
 from azure.identity import ManagedIdentityCredential

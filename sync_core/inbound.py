@@ -1,0 +1,117 @@
+"""Reading inbound HTTP requests, so the triggers in ``function_app.py`` stay one line each.
+
+- ``crm_call``: a CRM-facing route. In the contract's order (docs/crm-contract.md §3.2): size limit (413),
+  signature (401, nonce remembered in the shared store only once the signature verified), then the JSON body
+  and the use case; errors map through ``sync_core.responses``.
+- ``browser_call``: a route a browser reaches (the OAuth callback, admin consent). Parameters come from the
+  query and, for ``response_mode=form_post``, from the form body; the outcome is a redirect or a page.
+- ``graph_call``: Graph's webhook and lifecycle endpoints (the validation handshake for now).
+- ``sync_message``: the ``sync`` queue's message, ``{"user": crmUserId, "reason": …}``.
+
+Nothing here logs a body, a query string or a header value: the callback's form holds the authorization code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import azure.functions as func
+
+from sync_core import wiring
+from sync_core.domain.connect import BrowserOutcome
+from sync_core.domain.payloads import json_object
+from sync_core.domain.signing import NONCE_MEMORY_SECONDS, SignatureFailure, SignedRequest, check_signature
+from sync_core.errors import InvalidRequestError, SyncError
+from sync_core.responses import (
+    browser_response,
+    error_response,
+    json_response,
+    response_for_error,
+    text_response,
+)
+from sync_core.services.notifications import validation_response
+
+log = logging.getLogger(__name__)
+
+CrmAction = Callable[[str, dict[str, Any]], Mapping[str, Any] | None]
+_FORM = "application/x-www-form-urlencoded"
+_MAX_FORM_BYTES = 64 * 1024
+
+
+def crm_call(req: func.HttpRequest, operation: str, action: CrmAction) -> func.HttpResponse:
+    """Check and run a CRM call: ``action(crmUserId, body)`` returns the JSON answer (200) or None (204)."""
+    container = wiring.container()
+    body = req.get_body() or b""
+    if len(body) > container.settings.max_request_bytes:
+        return error_response(413, "payload_too_large", "the body is over the size limit")
+    try:
+        failure = _signature_failure(req, body)
+        if failure is not None:
+            log.warning("%s: request refused: %s", operation, failure.value)
+            return error_response(401, failure.value, failure.message)
+        result = action(req.route_params.get("crmUserId", ""), json_object(body) if body else {})
+    except SyncError as error:
+        return response_for_error(error, operation=operation)
+    return func.HttpResponse(status_code=204) if result is None else json_response(result)
+
+
+def _signature_failure(req: func.HttpRequest, body: bytes) -> SignatureFailure | None:
+    container = wiring.container()
+    parts = urlsplit(req.url)
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    signed = SignedRequest.from_headers(req.method, target, body, dict(req.headers))
+    failure = check_signature(signed, [container.settings.crm_signing_secret.value], time.time())
+    if failure is not None or signed.nonce is None:
+        return failure
+    first_use = container.ready_tables().nonces.remember(
+        signed.nonce, datetime.now(UTC), timedelta(seconds=NONCE_MEMORY_SECONDS)
+    )
+    return None if first_use else SignatureFailure.REPLAYED
+
+
+def browser_call(
+    req: func.HttpRequest, operation: str, action: Callable[[dict[str, str]], BrowserOutcome]
+) -> func.HttpResponse:
+    """Run a browser trip's step with the query and form parameters; answer with a redirect or a page."""
+    params = dict(req.params)
+    content_type = (req.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if req.method == "POST" and content_type == _FORM:
+        body = req.get_body() or b""
+        if len(body) > _MAX_FORM_BYTES:
+            return error_response(413, "payload_too_large", "the form is over the size limit")
+        params.update(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+    try:
+        return browser_response(action(params))
+    except SyncError as error:
+        return response_for_error(error, operation=operation)
+
+
+def graph_call(req: func.HttpRequest, operation: str) -> func.HttpResponse:
+    """Graph's webhook / lifecycle endpoint: the validation handshake; notifications are accepted (202)."""
+    token = req.params.get("validationToken")
+    if token is None:
+        # Receiving notifications is the webhook feature's part; until then they are acknowledged only.
+        log.info("%s: notification acknowledged (not processed yet)", operation)
+        return func.HttpResponse(status_code=202)
+    try:
+        return text_response(validation_response(token))
+    except SyncError as error:
+        return response_for_error(error, operation=operation)
+
+
+def sync_message(body: bytes) -> str:
+    """The CRM user id of a ``sync`` queue message; a malformed one raises (and ends in the poison queue)."""
+    try:
+        message = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        message = None
+    user = message.get("user") if isinstance(message, dict) else None
+    if not isinstance(user, str) or not user:
+        raise InvalidRequestError("not a sync message", {"user": "is required"})
+    return user

@@ -82,12 +82,36 @@ def graph_lifecycle(req: func.HttpRequest) -> func.HttpResponse:
     return inbound.graph_call(req, "graph_lifecycle")
 
 
-# --- queued work -----------------------------------------------------------------------------------------
+# --- queued work: one sync run per message; messages that keep failing are parked and recorded ------------
 
 
 @app.function_name("reconcile")
 @app.queue_trigger(arg_name="msg", queue_name="%SYNC_QUEUE_NAME%", connection="AzureWebJobsStorage")
 def reconcile(msg: func.QueueMessage) -> None:
-    # For now a run only checks the user's grant (a revoked one becomes reconnect_required, the CRM is told);
-    # the reconcile feature runs the sync itself here, after this same check.
-    _connect().check_access(inbound.sync_message(msg.get_body()))
+    # Lifecycle repairs, then the grant check; the reconcile feature runs the sync itself after that check.
+    wiring.container().sync_runner.run(
+        inbound.sync_message(msg.get_body()), dequeue_count=msg.dequeue_count or 1
+    )
+
+
+@app.function_name("sync_poison")
+@app.queue_trigger(arg_name="msg", queue_name="%SYNC_QUEUE_NAME%-poison", connection="AzureWebJobsStorage")
+def sync_poison(msg: func.QueueMessage) -> None:
+    message = inbound.parked_sync_message(msg.get_body(), msg.id or "")
+    if message is not None:
+        wiring.container().poison.record(message, msg.id or "", msg.insertion_time)
+
+
+# --- timers (schedules from settings; safe to run on several instances at once) ---------------------------
+
+
+@app.function_name("renew_subscriptions")
+@app.timer_trigger(arg_name="timer", schedule="%RENEWAL_SCHEDULE%")
+def renew_subscriptions(timer: func.TimerRequest) -> None:
+    wiring.container().renewal.renew_due(inbound.next_run(timer))
+
+
+@app.function_name("sweep")
+@app.timer_trigger(arg_name="timer", schedule="%SWEEP_SCHEDULE%")
+def sweep(timer: func.TimerRequest) -> None:
+    wiring.container().sweep.run()

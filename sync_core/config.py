@@ -193,6 +193,7 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 _NAME_PREFIX = re.compile(r"^[a-z][a-z0-9]{0,19}$|^$")
 _QUEUE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?!-)){1,61}[a-z0-9]$")
+_MAX_SYNC_QUEUE_NAME = 63 - len("-poison")
 _NCRONTAB_FIELDS = 6
 
 
@@ -291,9 +292,11 @@ class _Reader:
         crm_origin_default = _origin(crm_base_url) if crm_base_url else ""
         crm_return_url_origin = self.url("CRM_RETURN_URL_ORIGIN", crm_origin_default)
         queue_name = self._raw("SYNC_QUEUE_NAME") or "sync"
-        if not _QUEUE_NAME.match(queue_name):
+        # The full queue name (no prefix is added); its poison queue is ``{name}-poison``: that must fit too.
+        if not _QUEUE_NAME.match(queue_name) or len(queue_name) > _MAX_SYNC_QUEUE_NAME:
             self._problems["SYNC_QUEUE_NAME"] = (
-                f"must be a valid queue name (3-63 lowercase), got {queue_name!r}"
+                f"must be a valid queue name of 3-{_MAX_SYNC_QUEUE_NAME} lowercase letters, digits and "
+                f"single hyphens ('-poison' is appended for its poison queue), got {queue_name!r}"
             )
         tenant_id = self.required("TENANT_ID")
         if tenant_id and tenant_id.lower() == "consumers":

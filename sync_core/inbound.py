@@ -5,15 +5,19 @@
   and the use case; errors map through ``sync_core.responses``.
 - ``browser_call``: a route a browser reaches (the OAuth callback, admin consent). Parameters come from the
   query and, for ``response_mode=form_post``, from the form body; the outcome is a redirect or a page.
-- ``graph_call``: Graph's webhook and lifecycle endpoints (the validation handshake for now).
-- ``sync_message``: the ``sync`` queue's message, ``{"user": crmUserId, "reason": …}``.
+- ``graph_call``: Graph's webhook and lifecycle endpoints: the validation handshake, else a burst of
+  notifications checked (size, media type, JSON, shape: 400 with field errors, nothing queued) and handed
+  to ``NotificationService.accept``; 202 once the work is recorded, 5xx only when it could not be (Graph
+  retries then).
+- ``sync_message``: the ``sync`` queue's message, ``{"user": crmUserId, "reason": …}``;
+  ``parked_sync_message`` the same from its poison queue.
+- ``next_run``: when a timer fires next, from its schedule status (when the platform gives it).
 
 Nothing here logs a body, a query string or a header value: the callback's form holds the authorization code.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -25,8 +29,10 @@ import azure.functions as func
 
 from sync_core import wiring
 from sync_core.domain.connect import BrowserOutcome
-from sync_core.domain.payloads import json_object
+from sync_core.domain.graph_payloads import parse_notifications
+from sync_core.domain.payloads import BODY, json_object
 from sync_core.domain.signing import NONCE_MEMORY_SECONDS, SignatureFailure, SignedRequest, check_signature
+from sync_core.domain.sync_message import SyncMessage, parse_sync_message
 from sync_core.errors import InvalidRequestError, SyncError
 from sync_core.responses import (
     browser_response,
@@ -41,6 +47,7 @@ log = logging.getLogger(__name__)
 
 CrmAction = Callable[[str, dict[str, Any]], Mapping[str, Any] | None]
 _FORM = "application/x-www-form-urlencoded"
+_JSON = "application/json"
 _MAX_FORM_BYTES = 64 * 1024
 
 
@@ -93,25 +100,74 @@ def browser_call(
 
 
 def graph_call(req: func.HttpRequest, operation: str) -> func.HttpResponse:
-    """Graph's webhook / lifecycle endpoint: the validation handshake; notifications are accepted (202)."""
+    """Graph's webhook / lifecycle endpoint: the validation handshake, or a burst of notifications (202)."""
     token = req.params.get("validationToken")
-    if token is None:
-        # Receiving notifications is the webhook feature's part; until then they are acknowledged only.
-        log.info("%s: notification acknowledged (not processed yet)", operation)
-        return func.HttpResponse(status_code=202)
+    if token is not None:
+        try:
+            return text_response(validation_response(token))
+        except SyncError as error:
+            return response_for_error(error, operation=operation)
+    container = wiring.container()
+    body = req.get_body() or b""
+    limit = container.settings.max_request_bytes
+    if len(body) > limit:
+        log.warning("%s: refused a body of %d bytes", operation, len(body))
+        return error_response(
+            400,
+            "payload_too_large",
+            "the body is too large",
+            {"fields": {BODY: f"must be at most {limit} bytes"}},
+        )
+    if _media_type(req) != _JSON:
+        log.warning("%s: refused a body that is not JSON", operation)
+        return error_response(
+            400,
+            "unsupported_media_type",
+            "notifications are JSON",
+            {"fields": {"Content-Type": "must be application/json"}},
+        )
     try:
-        return text_response(validation_response(token))
-    except SyncError as error:
+        batch = parse_notifications(json_object(body))
+    except InvalidRequestError as error:
+        log.warning("%s: refused a malformed body (%s)", operation, ", ".join(sorted(error.field_errors)))
         return response_for_error(error, operation=operation)
-
-
-def sync_message(body: bytes) -> str:
-    """The CRM user id of a ``sync`` queue message; a malformed one raises (and ends in the poison queue)."""
     try:
-        message = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        message = None
-    user = message.get("user") if isinstance(message, dict) else None
-    if not isinstance(user, str) or not user:
-        raise InvalidRequestError("not a sync message", {"user": "is required"})
-    return user
+        container.notifications.accept(batch, operation=operation)
+    except SyncError as error:
+        # Not recorded: a 5xx makes Graph deliver the burst again (a 4xx would lose it).
+        log.warning("%s: the notifications could not be recorded (%s)", operation, type(error).__name__)
+        return error_response(503, "unavailable", "the notifications could not be recorded; retry")
+    return func.HttpResponse(status_code=202)
+
+
+def _media_type(req: func.HttpRequest) -> str:
+    return (req.headers.get("content-type") or "").split(";")[0].strip().lower()
+
+
+def sync_message(body: bytes) -> SyncMessage:
+    """A ``sync`` queue message; a malformed one raises (and ends in the poison queue)."""
+    return parse_sync_message(body)
+
+
+def parked_sync_message(body: bytes, message_id: str) -> SyncMessage | None:
+    """A message from the sync queue's poison queue; one that names no user cannot be recorded anywhere but
+    the log (retrying it would not help), so it is logged and dropped here."""
+    try:
+        return parse_sync_message(body)
+    except InvalidRequestError:
+        log.error("sync_poison: message %s is not a sync message (%d bytes); dropped", message_id, len(body))
+        return None
+
+
+def next_run(timer: func.TimerRequest) -> datetime | None:
+    """When the timer fires next, from the schedule status the platform passes (None when it does not)."""
+    # The abstract TimerRequest does not declare it; the worker's (and the devkit host's) class has it.
+    status = getattr(timer, "schedule_status", None)
+    text = status.get("Next") if isinstance(status, Mapping) else None
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 
 import requests
@@ -23,16 +24,25 @@ from sync_core.adapters.token_cipher import TokenCipher
 from sync_core.config import Settings
 from sync_core.domain.retry_policy import RetryPolicy
 from sync_core.services.connect import ConnectService
+from sync_core.services.notifications import NotificationService
+from sync_core.services.poison import PoisonRecorder
+from sync_core.services.renewal import SubscriptionRenewal
 from sync_core.services.subscriptions import GraphSubscriptions
+from sync_core.services.sweep import Sweep
+from sync_core.services.sync_run import SyncRunner
 
 _HEALTH_PROBE_USER = "__health_probe__"
+# Threads the webhook uses to handle the users of one burst at once (storage round trips, not CPU).
+_WEBHOOK_FAN_OUT = 8
 
 
 class Container:
-    """The adapters of one worker. Built by ``container()``; tests build their own with explicit settings."""
+    """The adapters of one worker. Built by ``container()``; tests build their own with explicit settings
+    (and, where time must follow an emulator's clock, their own ``clock``)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], datetime] | None = None) -> None:
         self.settings = settings
+        self.clock = clock or _utc_now
         self._ready_lock = threading.Lock()
         self._tables_ready = False
         self._queues_ready: set[str] = set()
@@ -104,7 +114,7 @@ class Container:
             tables.connections,
             public_base_url=self.settings.public_base_url,
             max_lifetime_minutes=self.settings.subscription_max_lifetime_minutes,
-            clock=_utc_now,
+            clock=self.clock,
         )
 
     @cached_property
@@ -118,8 +128,57 @@ class Container:
             subscriptions=self.subscriptions,
             events=self.crm,
             queue=_LazyQueue(self),
-            clock=_utc_now,
+            clock=self.clock,
         )
+
+    @cached_property
+    def notifications(self) -> NotificationService:
+        tables = self.ready_tables()
+        return NotificationService(
+            subscriptions=tables.subscriptions,
+            connections=tables.connections,
+            queue=_LazyQueue(self),
+            queue_name=self.settings.sync_queue_name,
+            clock=self.clock,
+            pool=self._fan_out,
+        )
+
+    @cached_property
+    def sync_runner(self) -> SyncRunner:
+        return SyncRunner(subscriptions=self.subscriptions, access=self.connect_service)
+
+    @cached_property
+    def renewal(self) -> SubscriptionRenewal:
+        tables = self.ready_tables()
+        return SubscriptionRenewal(
+            connections=tables.connections,
+            store=tables.subscriptions,
+            subscriptions=self.subscriptions,
+            access=self.connect_service,
+            clock=self.clock,
+        )
+
+    @cached_property
+    def sweep(self) -> Sweep:
+        tables = self.ready_tables()
+        return Sweep(
+            connections=tables.connections,
+            outbox=tables.outbox,
+            oauth_states=tables.oauth_states,
+            nonces=tables.nonces,
+            queue=_LazyQueue(self),
+            queue_name=self.settings.sync_queue_name,
+            age=timedelta(minutes=self.settings.sweep_age_minutes),
+            clock=self.clock,
+        )
+
+    @cached_property
+    def poison(self) -> PoisonRecorder:
+        return PoisonRecorder(connections=self.ready_tables().connections, events=self.crm, clock=self.clock)
+
+    @cached_property
+    def _fan_out(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(_WEBHOOK_FAN_OUT, thread_name_prefix="webhook")
 
     def _session(self, name: str) -> requests.Session:
         with self._ready_lock:
@@ -136,6 +195,8 @@ class Container:
         return {"storage": storage}
 
     def close(self) -> None:
+        if "_fan_out" in self.__dict__:
+            self._fan_out.shutdown(wait=True)
         for session in self._sessions.values():
             session.close()
         if "tables" in self.__dict__:

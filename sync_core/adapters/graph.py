@@ -7,8 +7,8 @@ translated here into ``sync_core.errors`` (401 → ``AuthenticationError``, 404 
 failures → ``TransientRemoteError``, other 4xx → ``RemoteRejectedError``), naming Graph's error code only:
 Graph's messages can quote request data. Logs carry method, path without query, status and stable ids.
 
-Later features add delta paging and ``$batch`` here; this first part has what connecting a user needs:
-creating and deleting change-notification subscriptions.
+Later features add delta paging and ``$batch`` here; so far it has what subscriptions need: create, renew
+(PATCH, which also reauthorizes) and delete change-notification subscriptions.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import requests
 
@@ -71,10 +72,27 @@ class GraphClient:
         except InvalidRequestError as error:
             raise RemoteRejectedError("Graph answered a malformed subscription", code="malformed") from error
 
+    def renew_subscription(
+        self, token: AccessToken, subscription_id: str, expires_at: datetime
+    ) -> SubscriptionInfo:
+        """PATCH /subscriptions/{id} with a new ``expirationDateTime``; this also reauthorizes it.
+
+        Replay-safe (the same PATCH twice sets the same expiry). 404 → ``ItemGoneError``: Graph dropped it."""
+        body = {"expirationDateTime": expires_at.astimezone(UTC).isoformat()}
+        answer = self.request(
+            "PATCH", f"/subscriptions/{quote(subscription_id, safe='')}", token, body=body, replay_safe=True
+        )
+        try:
+            return parse_subscription(answer)
+        except InvalidRequestError as error:
+            raise RemoteRejectedError("Graph answered a malformed subscription", code="malformed") from error
+
     def delete_subscription(self, token: AccessToken, subscription_id: str) -> bool:
         """DELETE /subscriptions/{id}; False when Graph no longer had it (already gone counts as done)."""
         try:
-            self.request("DELETE", f"/subscriptions/{subscription_id}", token, replay_safe=True)
+            self.request(
+                "DELETE", f"/subscriptions/{quote(subscription_id, safe='')}", token, replay_safe=True
+            )
         except ItemGoneError:
             return False
         return True

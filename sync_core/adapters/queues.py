@@ -3,10 +3,10 @@
 The Azure Functions queue trigger expects message text to be base64 (``TextBase64EncodePolicy``); a message
 sent as plain text is moved to the poison queue by the host. So every message goes through the base64 policy.
 
-Queue names: ``settings.table_prefix + name`` with no separator, e.g. prefix ``t1a2b`` and ``sync`` give
-``t1a2bsync``. The prefix is lowercase letters and digits (checked by ``sync_core.config``), so the result is
-a valid queue name whenever ``name`` is; the platform's poison queue is then ``t1a2bsync-poison``. With an
-empty prefix, names are used as they are.
+Queue names are used as given: ``SYNC_QUEUE_NAME`` is the full name of the sync queue, the same name the
+``reconcile`` trigger listens on (``%SYNC_QUEUE_NAME%``), and the platform's poison queue is
+``{name}-poison``. ``TABLE_NAME_PREFIX`` applies to tables only; tests isolate queues by choosing a unique
+``SYNC_QUEUE_NAME``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from azure.storage.queue import (
     TextBase64EncodePolicy,
 )
 
-from sync_core.adapters.tables import storage_credential, translated_errors
+from sync_core.adapters.tables import STORAGE_USES_ENV_SETTINGS, storage_credential, translated_errors
 from sync_core.config import StorageSettings
 from sync_core.errors import SettingsError, StoreError
 
@@ -37,14 +37,18 @@ MAX_MESSAGE_BYTES = 64 * 1024
 _QUEUE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?!-)){1,61}[a-z0-9]$")
 
 
-def queue_name(settings: StorageSettings, name: str) -> str:
-    """The deployed name of queue ``name``: the table prefix, then the name (see the module docstring)."""
-    full = settings.table_prefix.lower() + name
-    if not _QUEUE_NAME.match(full):
+def queue_name(name: str) -> str:
+    """``name`` itself, checked: 3-63 lowercase letters, digits and single hyphens (see the module doc)."""
+    if not _QUEUE_NAME.match(name):
         raise ValueError(
-            f"{full!r} is not a valid queue name (3-63 lowercase letters, digits, single hyphens)"
+            f"{name!r} is not a valid queue name (3-63 lowercase letters, digits, single hyphens)"
         )
-    return full
+    return name
+
+
+def poison_queue_name(name: str) -> str:
+    """The queue the Functions host moves a message of ``name`` to after ``maxDequeueCount`` failures."""
+    return queue_name(f"{name}-poison")
 
 
 class StorageQueues:
@@ -57,7 +61,7 @@ class StorageQueues:
         self._queues: dict[str, QueueClient] = {}
 
     def queue_name(self, name: str) -> str:
-        return queue_name(self._settings, name)
+        return queue_name(name)
 
     def ensure_queue(self, name: str) -> None:
         """Create the queue if it does not exist yet (idempotent)."""
@@ -108,11 +112,15 @@ class StorageQueues:
     def _build_client(self) -> QueueServiceClient:
         settings = self._settings
         if settings.connection_string is not None:
-            return QueueServiceClient.from_connection_string(settings.connection_string.value)
+            return QueueServiceClient.from_connection_string(
+                settings.connection_string.value, use_env_settings=STORAGE_USES_ENV_SETTINGS
+            )
         if not settings.queue_service_uri:
             raise SettingsError(
                 {"AzureWebJobsStorage__queueServiceUri": "is required when AzureWebJobsStorage is not set"}
             )
         return QueueServiceClient(
-            account_url=settings.queue_service_uri, credential=storage_credential(settings)
+            account_url=settings.queue_service_uri,
+            credential=storage_credential(settings),
+            use_env_settings=STORAGE_USES_ENV_SETTINGS,
         )

@@ -101,6 +101,7 @@ class EventType(enum.Enum):
     CONNECTED = "connected"
     RECONNECT_REQUIRED = "reconnect_required"
     DISCONNECTED = "disconnected"
+    POISON = "poison"
 
 
 @dataclass(frozen=True)
@@ -109,10 +110,15 @@ class ConnectionEvent:
     crm_user_id: str
     occurred_at: datetime
     details: Mapping[str, Any] = field(default_factory=dict)
+    # Set when the event stems from something with its own stable id (a queue message): retries that happen
+    # at another time must still reuse the key.
+    key: str | None = None
 
     @property
     def idempotency_key(self) -> str:
         """Derived from the event itself, so every retry of it (any instance, any attempt) reuses the key."""
+        if self.key is not None:
+            return self.key
         millis = int(self.occurred_at.timestamp() * 1000)
         return f"event:{self.type.value}:{self.crm_user_id}:{millis}"
 
@@ -135,3 +141,14 @@ def reconnect_required_event(user_id: str, reason: str, at: datetime) -> Connect
 
 def disconnected_event(user_id: str, purged: bool, at: datetime) -> ConnectionEvent:
     return ConnectionEvent(EventType.DISCONNECTED, user_id, at, {"reason": "crm_request", "purged": purged})
+
+
+def poison_event(user_id: str, sync_reason: str, message_id: str, at: datetime) -> ConnectionEvent:
+    """A sync message that kept failing was parked; the key is the parked message's, so retries reuse it."""
+    return ConnectionEvent(
+        EventType.POISON,
+        user_id,
+        at,
+        {"reason": "sync_failed_repeatedly", "crmId": None, "syncReason": sync_reason},
+        key=f"event:poison:{user_id}:{message_id}",
+    )

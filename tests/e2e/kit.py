@@ -8,11 +8,13 @@ emulator's keys) and the CRM emulator; the test drives them all over real socket
 from __future__ import annotations
 
 import base64
+import contextlib
+import json
 import logging
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -22,8 +24,9 @@ from urllib.parse import parse_qs, parse_qsl, urlsplit
 import requests
 
 from devkit.crm_emulator import CrmEmulator
-from devkit.graph_emulator import GraphEmulator
+from devkit.graph_emulator import EmulatorSettings, GraphEmulator
 from devkit.identity_emulator import IdentityEmulator, User
+from devkit.jwt import SigningKey
 from devkit.tls import CertAuthority
 from sync_core.adapters.tables import TableStorage
 from sync_core.config import EncryptionKey, Secret, StorageSettings
@@ -63,7 +66,7 @@ class World:
     ) -> dict[str, str]:
         settings = {
             "TABLE_NAME_PREFIX": prefix,
-            "SYNC_QUEUE_NAME": f"sync{prefix}",
+            "SYNC_QUEUE_NAME": f"{prefix}sync",  # the full queue name: no prefix is added to queue names
             "GRAPH_BASE_URL": self.graph.base_url,
             "AUTHORITY_HOST": self.identity.base_url,
             "TENANT_ID": self.tenant_id,
@@ -84,6 +87,59 @@ class World:
         if key not in self.keys:
             self.keys.append(key)
         return settings
+
+
+@contextlib.contextmanager
+def running_world(
+    ca_dir: Path,
+    public_base_urls: Sequence[str],
+    user_names: Sequence[str],
+    graph_settings: EmulatorSettings | None = None,
+) -> Iterator[World]:
+    """The emulators, started: one Contoso tenant with ``user_names`` (upn ``{name}@contoso.example``), an app
+    registration whose redirect URIs are each public base URL's callback, Graph trusting the identity
+    emulator's keys and sharing its clock, and the CRM emulator under ``/crm/v1``."""
+    ca = CertAuthority(ca_dir)
+    identity = IdentityEmulator(ca, signing_key=SigningKey.generate("e2e-" + secrets.token_hex(4)))
+    graph = GraphEmulator(
+        jwks=identity.jwks,
+        time_source=identity.clock.now,
+        certificate=ca.issue_server_certificate(name="graph-e2e-" + secrets.token_hex(4)),
+        settings=graph_settings or EmulatorSettings(notification_retry_delays=(0.1, 0.2)),
+    )
+    crm = CrmEmulator(CRM_API_KEY, CRM_SIGNING_SECRET, base_path="/crm/v1")
+    with identity, graph, crm:
+        contoso = identity.add_tenant(domain="contoso.example", display_name="Contoso")
+        users = {name: identity.add_user(contoso.tenant_id, f"{name}@contoso.example") for name in user_names}
+        managed_identity = identity.add_managed_identity(contoso.tenant_id)
+        app = identity.register_app(
+            contoso.tenant_id,
+            redirect_uris=[f"{url}/api/auth/callback" for url in public_base_urls],
+            client_secret=CLIENT_SECRET,
+        )
+        yield World(
+            ca=ca,
+            identity=identity,
+            graph=graph,
+            crm=crm,
+            tenant_id=contoso.tenant_id,
+            client_id=app.client_id,
+            users=users,
+            managed_identity_client_id=managed_identity.client_id,
+        )
+
+
+def fast_queue_host_json(directory: Path) -> Path:
+    """The repository's host.json with the queue trigger's waits shortened for tests: failed messages come
+    back at once (visibilityTimeout 0) and empty queues are polled every 0.2 s. Retries and poison rules
+    (maxDequeueCount) stay as deployed."""
+    document = json.loads(repo_path("host.json").read_text(encoding="utf-8"))
+    document["extensions"]["queues"].update(
+        {"visibilityTimeout": "00:00:00", "maxPollingInterval": "00:00:00.2"}
+    )
+    path = directory / "host.json"
+    path.write_text(json.dumps(document, indent=2), encoding="utf-8")
+    return path
 
 
 # --- the browser -------------------------------------------------------------------------------------------

@@ -583,11 +583,12 @@ def test_missing_tables_are_a_store_error_not_an_absent_row(settings: StorageSet
 def test_queue_message_is_base64_json_on_the_wire(
     queues: StorageQueues, storage_connection_string: str, unique_prefix: str
 ) -> None:
-    queues.ensure_queue("sync")
-    queues.ensure_queue("sync")  # idempotent
-    assert queues.queue_name("sync") == unique_prefix + "sync"
+    name = unique_prefix + "sync"  # queue names are used as given; tests choose unique ones
+    queues.ensure_queue(name)
+    queues.ensure_queue(name)  # idempotent
+    assert queues.queue_name(name) == name
     payload = {"userId": AWKWARD_ID, "reason": "notification"}
-    queues.send("sync", payload)
+    queues.send(name, payload)
     # Read it as the Functions host does: raw text, no decode policy; it must be base64 of the JSON.
     with QueueClient.from_connection_string(storage_connection_string, unique_prefix + "sync") as raw:
         (message,) = list(raw.receive_messages(max_messages=5))
@@ -597,15 +598,16 @@ def test_queue_message_is_base64_json_on_the_wire(
 def test_queue_visibility_timeout_and_size_limit(
     queues: StorageQueues, storage_connection_string: str, unique_prefix: str
 ) -> None:
-    queues.ensure_queue("sync")
-    queues.send("sync", {"userId": "user-1"}, visibility_timeout=60)
-    with QueueClient.from_connection_string(storage_connection_string, unique_prefix + "sync") as raw:
+    name = unique_prefix + "sync"
+    queues.ensure_queue(name)
+    queues.send(name, {"userId": "user-1"}, visibility_timeout=60)
+    with QueueClient.from_connection_string(storage_connection_string, name) as raw:
         assert raw.peek_messages() == []
         assert raw.get_queue_properties().approximate_message_count == 1
     with pytest.raises(StoreError, match="64 KiB"):
-        queues.send("sync", {"blob": "x" * 60_000})
+        queues.send(name, {"blob": "x" * 60_000})
 
 
-def test_sending_to_a_queue_never_created_is_a_store_error(queues: StorageQueues) -> None:
+def test_sending_to_a_queue_never_created_is_a_store_error(queues: StorageQueues, unique_prefix: str) -> None:
     with pytest.raises(StoreError, match="ensure_queue"):
-        queues.send("neverensured", {"userId": "user-1"})
+        queues.send(unique_prefix + "neverensured", {"userId": "user-1"})

@@ -10,7 +10,7 @@ from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sync_core.adapters.queues import StorageQueues, queue_name
+from sync_core.adapters.queues import StorageQueues, poison_queue_name, queue_name
 from sync_core.adapters.tables import TableStorage, decode_key, encode_key, storage_credential
 from sync_core.config import StorageSettings
 from sync_core.domain.state import Lease, OutboxEntry, OutboxOperation
@@ -46,11 +46,15 @@ def test_escapes_look_like_percent_encoding() -> None:
     assert encode_key("a/b#c?d\\e%f\x01") == "a%2Fb%23c%3Fd%5Ce%25f%01"
 
 
-def test_queue_name_is_prefix_then_name() -> None:
-    assert queue_name(identity_settings(None), "sync") == "appsync"
-    assert queue_name(identity_settings(None), "sync-poison") == "appsync-poison"
+def test_queue_names_are_used_as_given_and_the_poison_queue_appends_poison() -> None:
+    # The table prefix is for tables only: SYNC_QUEUE_NAME is the full name the queue trigger listens on.
+    assert queue_name("sync") == "sync"
+    assert queue_name("t1a2bsync") == "t1a2bsync"
+    assert poison_queue_name("t1a2bsync") == "t1a2bsync-poison"
     with pytest.raises(ValueError, match="not a valid queue name"):
-        queue_name(identity_settings(None), "Sync_Queue")
+        queue_name("Sync_Queue")
+    with pytest.raises(ValueError, match="not a valid queue name"):
+        poison_queue_name("q" * 57)
 
 
 def test_credential_is_the_user_assigned_identity_when_a_client_id_is_set() -> None:
@@ -67,7 +71,7 @@ def test_identity_mode_builds_clients_without_any_request() -> None:
     try:
         assert tables.connections is tables.connections
         assert tables.table_name("links") == "applinks"
-        assert queues.queue_name("sync") == "appsync"
+        assert queues.queue_name("sync") == "sync"
     finally:
         tables.close()
         queues.close()

@@ -56,7 +56,6 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 from azure.data.tables import (
-    EdmType,
     EntityProperty,
     TableClient,
     TableEntity,
@@ -281,8 +280,10 @@ def _required_time(entity: Mapping[str, Any], name: str) -> datetime:
     return moment
 
 
-def _int64(value: int | None) -> EntityProperty | None:
-    return None if value is None else EntityProperty(value, EdmType.INT64)
+def _read_version(value: object) -> str | None:
+    """A CRM version (opaque text); rows written before versions were text hold an Int64."""
+    number = value if isinstance(value, str) else _read_int(value)
+    return None if number is None else str(number)
 
 
 def _read_int(value: object) -> int | None:
@@ -1112,9 +1113,11 @@ def _link_entity(link: Link) -> Entity:
             "GraphId": link.graph_id,
             "ICalUId": link.ical_uid,
             "ChangeKey": link.change_key,
-            "CrmVersion": _int64(link.crm_version),
+            "CrmVersion": link.crm_version,
             **_large("BaseHashes", json.dumps(link.base_hashes, sort_keys=True, separators=(",", ":"))),
+            **_large("BaseAttendees", link.base_attendees),
             "SeriesMasterId": link.series_master_id,
+            "CrmOwnerId": link.crm_owner_id,
         }
     )
 
@@ -1129,9 +1132,11 @@ def _link_from(entity: TableEntity) -> Versioned[Link]:
         graph_id=entity["GraphId"],
         ical_uid=entity.get("ICalUId"),
         change_key=entity.get("ChangeKey"),
-        crm_version=_read_int(entity.get("CrmVersion")),
+        crm_version=_read_version(entity.get("CrmVersion")),
         base_hashes={str(name): str(value) for name, value in hashes.items()},
         series_master_id=entity.get("SeriesMasterId"),
+        base_attendees=_read_large_text(entity, "BaseAttendees"),
+        crm_owner_id=entity.get("CrmOwnerId"),
     )
     return Versioned(link, _etag_of(entity.metadata))
 
@@ -1248,7 +1253,7 @@ def _outbox_entity(entry: OutboxEntry) -> Entity:
             _RK: _key("", entry.crm_id),
             "Operation": entry.operation.value,
             **_large("Payload", entry.payload_json),
-            "CrmVersion": _int64(entry.crm_version),
+            "CrmVersion": entry.crm_version,
             "CrmModifiedAt": _utc(entry.crm_modified_at),
             "ReceivedAt": _utc(entry.received_at),
         }
@@ -1256,7 +1261,7 @@ def _outbox_entity(entry: OutboxEntry) -> Entity:
 
 
 def _outbox_from(entity: TableEntity) -> Versioned[OutboxEntry]:
-    version = _read_int(entity.get("CrmVersion"))
+    version = _read_version(entity.get("CrmVersion"))
     if version is None:
         raise KeyError("CrmVersion")
     entry = OutboxEntry(

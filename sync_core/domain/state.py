@@ -111,9 +111,17 @@ class Link:
     graph_id: str  # the Graph immutable id
     ical_uid: str | None = None
     change_key: str | None = None  # Graph changeKey of the version we last saw or wrote
-    crm_version: int | None = None  # the CRM version we last saw or wrote
+    crm_version: str | None = None  # the CRM version we last saw or wrote (opaque)
     base_hashes: dict[str, str] = field(default_factory=dict)
     series_master_id: str | None = None  # for an occurrence or exception: the Graph id of its series
+    # The attendee lists both sides held after the last sync, as canonical JSON written and read only by
+    # ``sync_core.domain.hashing.Base`` (attendees merge one by one, which needs the lists, not a hash).
+    # None: unknown (an older link); the merge then re-baselines attendees from what it sees.
+    base_attendees: str | None = None
+    # Set when this user's event is a copy of a meeting whose CRM activity another connected user owns
+    # (matched by iCalUId): the CRM user id of that owner. Such a link never writes or deletes in the CRM;
+    # the owner's own link keeps the activity in sync. None: this user owns the activity.
+    crm_owner_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -138,25 +146,24 @@ class OutboxEntry:
     crm_id: str
     operation: OutboxOperation
     payload_json: str | None  # the activity as the CRM sent it; None for a delete
-    crm_version: int  # the CRM's version of the activity: grows with every change
+    crm_version: str  # the CRM's version of the activity (opaque: equal or not, never ordered)
     received_at: datetime
-    crm_modified_at: datetime | None = None
+    crm_modified_at: datetime | None = None  # upserts carry it; deletions need not
 
     def supersedes(self, other: OutboxEntry) -> bool:
         """True when this change should replace ``other`` (the same activity's change already waiting).
 
-        Ordered by CRM version, then modification time. At the same version a delete replaces an upsert: a
-        deletion is final, and a CRM that does not bump the version on delete must still be heard.
+        A deletion is final: it replaces any waiting change, and no upsert replaces a waiting deletion. Two
+        upserts are ordered by the CRM's ``modifiedAt`` (versions are opaque and cannot be ordered); an
+        upsert without a later ``modifiedAt`` (a retried older push) is ignored.
         """
-        if self.crm_version != other.crm_version:
-            return self.crm_version > other.crm_version
-        if (
-            self.crm_modified_at is not None
-            and other.crm_modified_at is not None
-            and self.crm_modified_at != other.crm_modified_at
-        ):
-            return self.crm_modified_at > other.crm_modified_at
-        return self.operation is OutboxOperation.DELETE and other.operation is OutboxOperation.UPSERT
+        if other.operation is OutboxOperation.DELETE:
+            return False
+        if self.operation is OutboxOperation.DELETE:
+            return True
+        if self.crm_modified_at is None or other.crm_modified_at is None:
+            return self.crm_version != other.crm_version
+        return self.crm_modified_at > other.crm_modified_at
 
 
 @dataclass(frozen=True)

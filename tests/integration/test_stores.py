@@ -97,14 +97,16 @@ def link(crm_id: str, graph_id: str, user_id: str = "user-1", **changes: object)
 
 
 def outbox_entry(version: int, operation: OutboxOperation = OutboxOperation.UPSERT) -> OutboxEntry:
-    payload = json.dumps({"subject": f"v{version}"}) if operation is OutboxOperation.UPSERT else None
+    """The change of ``act-1`` the CRM made ``version`` minutes after NOW (versions are opaque text)."""
+    upsert = operation is OutboxOperation.UPSERT
     return OutboxEntry(
         user_id="user-1",
         crm_id="act-1",
         operation=operation,
-        payload_json=payload,
-        crm_version=version,
+        payload_json=json.dumps({"subject": f"v{version}"}) if upsert else None,
+        crm_version=f"v{version}",
         received_at=NOW,
+        crm_modified_at=NOW + version * MINUTE if upsert else None,
     )
 
 
@@ -413,8 +415,19 @@ def test_links_are_found_by_both_ids_and_listed_per_user(storage: TableStorage) 
     saved = storage.links.write(
         AWKWARD_ID,
         [
-            LinkWrite(link("crm/1#", "AAMk/+=1", user_id=AWKWARD_ID, ical_uid="uid-1", crm_version=2**40)),
-            LinkWrite(link(AWKWARD_ID, "AAMk/+=2", user_id=AWKWARD_ID, series_master_id="AAMk/+=0")),
+            LinkWrite(
+                link("crm/1#", "AAMk/+=1", user_id=AWKWARD_ID, ical_uid="uid-1", crm_version='W/"2**40"')
+            ),
+            LinkWrite(
+                link(
+                    AWKWARD_ID,
+                    "AAMk/+=2",
+                    user_id=AWKWARD_ID,
+                    series_master_id="AAMk/+=0",
+                    base_attendees='{"crm":[],"m365":[]}',
+                    crm_owner_id="usr-owner",
+                )
+            ),
         ],
     )
     storage.links.write("user-2", [LinkWrite(link("crm/1#", "other", user_id="user-2"))])
@@ -483,8 +496,9 @@ def test_outbox_keeps_the_newest_change(storage: TableStorage) -> None:
     outbox.put(outbox_entry(2))
     assert outbox.put(outbox_entry(1)).value == outbox_entry(2)  # older arrives late: ignored
     assert outbox.put(outbox_entry(3)).value == outbox_entry(3)
-    deletion = outbox_entry(3, OutboxOperation.DELETE)  # same version: a delete is final
+    deletion = outbox_entry(3, OutboxOperation.DELETE)  # a delete is final
     assert outbox.put(deletion).value == deletion
+    assert outbox.put(outbox_entry(4)).value == deletion  # no upsert revives a waiting deletion
     assert [entry.value for entry in outbox.list_for_user("user-1")] == [deletion]
     assert outbox.has_pending("user-1")
     assert list(outbox.users_with_pending()) == ["user-1"]
@@ -497,7 +511,7 @@ def test_outbox_delete_handled_never_deletes_a_newer_change(storage: TableStorag
     outbox.put(outbox_entry(2))  # arrives while the run applies version 1
     assert outbox.delete_handled(handled) is False
     (waiting,) = outbox.list_for_user("user-1")
-    assert waiting.value.crm_version == 2
+    assert waiting.value.crm_version == "v2"
     assert outbox.delete_handled(waiting) is True
     assert not outbox.has_pending("user-1")
 

@@ -201,7 +201,7 @@ def test_the_sweep_queues_stale_and_waiting_users_and_purges_expired_rows(
     seed(storage, "usr-outbox", "s4", last_good_sync_at=NOW - timedelta(minutes=1))
     seed(storage, "usr-gone", "s5", state=ConnectionState.RECONNECT_REQUIRED)
     for user_id in ("usr-outbox", "usr-gone"):
-        storage.outbox.put(OutboxEntry(user_id, "act-1", OutboxOperation.DELETE, None, 1, NOW))
+        storage.outbox.put(OutboxEntry(user_id, "act-1", OutboxOperation.DELETE, None, "1", NOW))
     storage.oauth_states.put(
         OAuthState("st-1", "usr-x", "https://crm", b"f", NOW - timedelta(hours=1), NOW - timedelta(minutes=1))
     )

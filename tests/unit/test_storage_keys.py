@@ -78,19 +78,22 @@ def test_identity_mode_builds_clients_without_any_request() -> None:
 
 
 def outbox_entry(
-    version: int, operation: OutboxOperation = OutboxOperation.UPSERT, modified: datetime | None = None
+    version: str, operation: OutboxOperation = OutboxOperation.UPSERT, modified: datetime | None = None
 ) -> OutboxEntry:
     return OutboxEntry("user-1", "act-1", operation, None, version, NOW, crm_modified_at=modified)
 
 
-def test_outbox_newest_change_wins() -> None:
-    assert outbox_entry(2).supersedes(outbox_entry(1))
-    assert not outbox_entry(1).supersedes(outbox_entry(2))
-    assert not outbox_entry(1).supersedes(outbox_entry(1))  # the same change again: keep what waits
-    later, earlier = NOW + timedelta(seconds=1), NOW
-    assert outbox_entry(1, modified=later).supersedes(outbox_entry(1, modified=earlier))
-    assert outbox_entry(1, OutboxOperation.DELETE).supersedes(outbox_entry(1))
-    assert not outbox_entry(1).supersedes(outbox_entry(1, OutboxOperation.DELETE))
+def test_outbox_the_later_modification_wins_and_a_deletion_is_final() -> None:
+    earlier, later = NOW, NOW + timedelta(seconds=1)
+    assert outbox_entry("b", modified=later).supersedes(outbox_entry("a", modified=earlier))
+    assert not outbox_entry("a", modified=earlier).supersedes(outbox_entry("b", modified=later))
+    # The same push again (a retry): keep what waits.
+    assert not outbox_entry("a", modified=earlier).supersedes(outbox_entry("a", modified=earlier))
+    # Versions are opaque: "9" is not older than "10".
+    assert not outbox_entry("9", modified=earlier).supersedes(outbox_entry("10", modified=later))
+    assert outbox_entry("a", OutboxOperation.DELETE).supersedes(outbox_entry("b", modified=later))
+    assert not outbox_entry("c", modified=later).supersedes(outbox_entry("a", OutboxOperation.DELETE))
+    assert not outbox_entry("a", OutboxOperation.DELETE).supersedes(outbox_entry("a", OutboxOperation.DELETE))
 
 
 def test_lease_is_live_until_it_expires() -> None:

@@ -9,6 +9,7 @@ import azure.functions as func
 
 from sync_core import inbound, wiring
 from sync_core.responses import json_response
+from sync_core.services.activity_push import ActivityPushes
 from sync_core.services.connect import ConnectService
 from sync_core.services.health import check_health
 
@@ -50,6 +51,34 @@ def disconnect(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="users/{crmUserId}/status", methods=["GET"])
 def status(req: func.HttpRequest) -> func.HttpResponse:
     return inbound.crm_call(req, "status", lambda user, _body: _connect().status(user))
+
+
+# --- the CRM: an activity changed or was deleted (function key + signature; 202 once in the outbox) -----
+
+
+def _pushes() -> ActivityPushes:
+    return wiring.container().activity_pushes
+
+
+@app.function_name("activity_push")
+@app.route(route="users/{crmUserId}/activities/{crmId}", methods=["PUT"])
+def activity_push(req: func.HttpRequest) -> func.HttpResponse:
+    crm_id = req.route_params.get("crmId", "")
+    return inbound.crm_call(
+        req, "activity_push", lambda user, body: _pushes().upsert(user, crm_id, body).as_json(), status=202
+    )
+
+
+@app.function_name("activity_delete")
+@app.route(route="users/{crmUserId}/activities/{crmId}", methods=["DELETE"])
+def activity_delete(req: func.HttpRequest) -> func.HttpResponse:
+    crm_id, version = req.route_params.get("crmId", ""), req.params.get("version")
+    return inbound.crm_call(
+        req,
+        "activity_delete",
+        lambda user, _body: _pushes().delete(user, crm_id, version).as_json(),
+        status=202,
+    )
 
 
 # --- the browser: the OAuth callback (form_post POST, or GET with a query) and admin consent ---------------

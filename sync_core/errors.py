@@ -12,6 +12,7 @@ at the adapter that met them and never leak into services. Only the trigger deci
     │   ├── NotFoundError          the entity does not exist
     │   └── StoreUnavailableError  storage did not answer (transient)
     ├── LeaseHeldError             another run holds the user's lease
+    ├── UserNotConnectedError      the CRM pushed a change for a user who is not connected (or never was)
     ├── TokenCacheUnreadableError  a stored token cache does not decrypt (key missing, wrong, or altered)
     ├── RemoteError                a remote service (Graph, Entra ID, the CRM) failed
     │   ├── ThrottledError         429/503 with Retry-After (``retry_after`` seconds, already capped)
@@ -68,6 +69,14 @@ class StoreUnavailableError(StoreError):
 
 class LeaseHeldError(SyncError):
     """Another holder has the lease and it has not expired."""
+
+
+class UserNotConnectedError(SyncError):
+    """The CRM pushed a change for a user whose connection is ``disconnected``, or who never connected."""
+
+    def __init__(self, user_id: str) -> None:
+        self.user_id = user_id
+        super().__init__(f"user {user_id} is not connected")
 
 
 class TokenCacheUnreadableError(SyncError):

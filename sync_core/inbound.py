@@ -1,8 +1,9 @@
 """Reading inbound HTTP requests, so the triggers in ``function_app.py`` stay one line each.
 
-- ``crm_call``: a CRM-facing route. In the contract's order (docs/crm-contract.md §3.2): size limit (413),
-  signature (401, nonce remembered in the shared store only once the signature verified), then the JSON body
-  and the use case; errors map through ``sync_core.responses``.
+- ``crm_call``: a CRM-facing route (connect, disconnect, status, activity push and delete). In the
+  contract's order (docs/crm-contract.md §3.2): size limit (413), signature (401, nonce remembered in the
+  shared store only once the signature verified), then the JSON body and the use case; errors map through
+  ``sync_core.responses``.
 - ``browser_call``: a route a browser reaches (the OAuth callback, admin consent). Parameters come from the
   query and, for ``response_mode=form_post``, from the form body; the outcome is a redirect or a page.
 - ``graph_call``: Graph's webhook and lifecycle endpoints: the validation handshake, else a burst of
@@ -51,8 +52,11 @@ _JSON = "application/json"
 _MAX_FORM_BYTES = 64 * 1024
 
 
-def crm_call(req: func.HttpRequest, operation: str, action: CrmAction) -> func.HttpResponse:
-    """Check and run a CRM call: ``action(crmUserId, body)`` returns the JSON answer (200) or None (204)."""
+def crm_call(
+    req: func.HttpRequest, operation: str, action: CrmAction, *, status: int = 200
+) -> func.HttpResponse:
+    """Check and run a CRM call: ``action(crmUserId, body)`` returns the JSON answer (``status``: 200, or
+    202 for work accepted for later) or None (204)."""
     container = wiring.container()
     body = req.get_body() or b""
     if len(body) > container.settings.max_request_bytes:
@@ -65,7 +69,7 @@ def crm_call(req: func.HttpRequest, operation: str, action: CrmAction) -> func.H
         result = action(req.route_params.get("crmUserId", ""), json_object(body) if body else {})
     except SyncError as error:
         return response_for_error(error, operation=operation)
-    return func.HttpResponse(status_code=204) if result is None else json_response(result)
+    return func.HttpResponse(status_code=204) if result is None else json_response(result, status)
 
 
 def _signature_failure(req: func.HttpRequest, body: bytes) -> SignatureFailure | None:

@@ -24,6 +24,7 @@ from sync_core.errors import (
     SyncError,
     ThrottledError,
     TransientRemoteError,
+    UserNotConnectedError,
 )
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ def response_for_error(exc: SyncError, *, operation: str) -> func.HttpResponse:
     """The one mapping from the error tree to HTTP. ``operation`` is a stable name for the log line."""
     if isinstance(exc, InvalidRequestError):
         return error_response(400, "invalid_request", str(exc), {"fields": exc.field_errors})
+    if isinstance(exc, UserNotConnectedError):
+        return error_response(409, "user_not_connected", "the user is not connected; connect the user first")
     if isinstance(exc, NotFoundError):
         return error_response(404, "not_found", "the resource does not exist")
     if isinstance(exc, ConflictError):

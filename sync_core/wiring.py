@@ -23,9 +23,11 @@ from sync_core.adapters.tables import TableStorage
 from sync_core.adapters.token_cipher import TokenCipher
 from sync_core.config import Settings
 from sync_core.domain.retry_policy import RetryPolicy
+from sync_core.services.activity_push import ActivityPushes
 from sync_core.services.connect import ConnectService
 from sync_core.services.notifications import NotificationService
 from sync_core.services.poison import PoisonRecorder
+from sync_core.services.reconcile import Reconciler
 from sync_core.services.renewal import SubscriptionRenewal
 from sync_core.services.subscriptions import GraphSubscriptions
 from sync_core.services.sweep import Sweep
@@ -144,8 +146,34 @@ class Container:
         )
 
     @cached_property
+    def activity_pushes(self) -> ActivityPushes:
+        tables = self.ready_tables()
+        return ActivityPushes(
+            connections=tables.connections,
+            outbox=tables.outbox,
+            queue=_LazyQueue(self),
+            queue_name=self.settings.sync_queue_name,
+            clock=self.clock,
+        )
+
+    @cached_property
     def sync_runner(self) -> SyncRunner:
-        return SyncRunner(subscriptions=self.subscriptions, access=self.connect_service)
+        return SyncRunner(subscriptions=self.subscriptions, reconciler=self.reconciler)
+
+    @cached_property
+    def reconciler(self) -> Reconciler:
+        return Reconciler(
+            storage=self.ready_tables(),
+            graph=self.graph,
+            crm=self.crm,
+            tokens=self.user_tokens,
+            access=self.connect_service,
+            queue=_LazyQueue(self),
+            queue_name=self.settings.sync_queue_name,
+            policy=self.settings.sync,
+            lease_seconds=self.settings.lease_seconds,
+            clock=self.clock,
+        )
 
     @cached_property
     def renewal(self) -> SubscriptionRenewal:

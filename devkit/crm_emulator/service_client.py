@@ -67,15 +67,19 @@ class CrmServiceClient:
     def status(self, crm_user_id: str) -> ServiceResponse:
         return self._call("GET", f"/api/users/{_segment(crm_user_id)}/status")
 
-    def put_activity(self, crm_user_id: str, activity: Mapping[str, Any]) -> ServiceResponse:
-        """Push an activity as the CRM holds it (e.g. ``CrmEmulator.activity(crm_id)``)."""
-        crm_id = str(activity["crmId"])
-        path = f"/api/users/{_segment(crm_user_id)}/activities/{_segment(crm_id)}"
+    def put_activity(
+        self, crm_user_id: str, activity: Mapping[str, Any], *, crm_id: str | None = None
+    ) -> ServiceResponse:
+        """Push an activity as the CRM holds it (e.g. ``CrmEmulator.activity(crm_id)``), to the path of its
+        own ``crmId`` unless ``crm_id`` names another one (a test of the path/body check)."""
+        target = str(activity["crmId"]) if crm_id is None else crm_id
+        path = f"/api/users/{_segment(crm_user_id)}/activities/{_segment(target)}"
         return self._call("PUT", path, body=dict(activity))
 
-    def delete_activity(self, crm_user_id: str, crm_id: str, version: str) -> ServiceResponse:
+    def delete_activity(self, crm_user_id: str, crm_id: str, version: str | None) -> ServiceResponse:
+        """Push a deletion; ``version`` None sends none (which the service refuses)."""
         path = f"/api/users/{_segment(crm_user_id)}/activities/{_segment(crm_id)}"
-        return self._call("DELETE", path, query={"version": version})
+        return self._call("DELETE", path, query=None if version is None else {"version": version})
 
     def health(self) -> ServiceResponse:
         return self._call("GET", "/api/health")

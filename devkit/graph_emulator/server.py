@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import socket
 import ssl
 import threading
@@ -57,7 +58,11 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = do_HEAD = _dispatch  # noqa: N815 - http.server names
 
     def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("%s - %s", self.address_string(), format % args)
+        # Without the query: skip and delta tokens (and validation tokens) are not for logs.
+        logger.debug("%s - %s", self.address_string(), _QUERY.sub("", format % args))
+
+
+_QUERY = re.compile(r"\?[^ \"]*")
 
 
 class EmulatorHTTPServer(ThreadingHTTPServer):

@@ -11,9 +11,9 @@ failures only for reads and keyed writes. Answers are translated here into ``syn
 - 409 / 412 / other 4xx → ``RemoteRejectedError`` with the contract's error code;
 - 429 / 503 → ``ThrottledError`` (``Retry-After`` capped); other 5xx, no answer → ``TransientRemoteError``.
 
-Only connection events are sent for now; activities and people lookups join this client later, through the
-same ``_send``. Logs hold method, path without query, status, error code and the CRM's request id: never a
-body, a key or a signature.
+Activities (create, read, update with ``If-Match``, delete with ``If-Match``), people lookups and connection
+events all go through the one ``_send``. Logs hold method, path without query, status, error code and the
+CRM's request id: never a body, a key or a signature.
 """
 
 from __future__ import annotations
@@ -22,18 +22,21 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import requests
 
 from sync_core.config import Secret
 from sync_core.domain.connection_view import ConnectionEvent
+from sync_core.domain.crm_mapping import CrmRecord, crm_record_from_json, people_from_crm_json
+from sync_core.domain.model import PeopleDirectory
 from sync_core.domain.retry_policy import RetryPolicy, capped, next_delay, parse_retry_after
 from sync_core.domain.signing import signature_headers
 from sync_core.errors import (
     AuthenticationError,
+    InvalidRequestError,
     ItemGoneError,
     RemoteError,
     RemoteRejectedError,
@@ -45,6 +48,8 @@ log = logging.getLogger(__name__)
 
 _DEFAULT_TIMEOUT = (5.0, 30.0)
 _GONE_CODE = "activity_not_found"
+# The contract's limit of emails per ``GET /people``.
+PEOPLE_PER_LOOKUP = 50
 
 
 class CrmClient:
@@ -73,13 +78,65 @@ class CrmClient:
         """POST /events: tell the CRM about a connection event (204). Retries reuse the event's key."""
         self._send("POST", "/events", body=event.body(), idempotency_key=event.idempotency_key)
 
+    # --- activities ---
+
+    def create_activity(self, body: Mapping[str, Any], idempotency_key: str) -> CrmRecord:
+        """POST /activities (201): the stored activity with its id and version."""
+        return _record(self._send("POST", "/activities", body=body, idempotency_key=idempotency_key))
+
+    def get_activity(self, crm_id: str) -> CrmRecord:
+        """GET /activities/{id}; gone → ``ItemGoneError``."""
+        return _record(self._send("GET", f"/activities/{quote(crm_id, safe='')}"))
+
+    def update_activity(
+        self, crm_id: str, body: Mapping[str, Any], if_match: str, idempotency_key: str
+    ) -> CrmRecord:
+        """PATCH /activities/{id} under ``If-Match``: 412 → ``RemoteRejectedError`` code ``version_mismatch``
+        (the CRM changed meanwhile), gone → ``ItemGoneError``."""
+        response = self._send(
+            "PATCH",
+            f"/activities/{quote(crm_id, safe='')}",
+            body=body,
+            idempotency_key=idempotency_key,
+            if_match=if_match,
+        )
+        return _record(response)
+
+    def delete_activity(self, crm_id: str, if_match: str | None, idempotency_key: str) -> bool:
+        """DELETE /activities/{id}; False when it was already gone (done either way). 412 as for update."""
+        try:
+            self._send(
+                "DELETE",
+                f"/activities/{quote(crm_id, safe='')}",
+                idempotency_key=idempotency_key,
+                if_match=if_match,
+            )
+        except ItemGoneError:
+            return False
+        return True
+
+    def people(self, emails: Sequence[str]) -> PeopleDirectory:
+        """The CRM's users, contacts and leads with these emails (``GET /people``, 50 emails a call)."""
+        directory = PeopleDirectory()
+        for first in range(0, len(emails), PEOPLE_PER_LOOKUP):
+            chunk = list(emails[first : first + PEOPLE_PER_LOOKUP])
+            response = self._send("GET", "/people", query={"email": chunk})
+            try:
+                found = people_from_crm_json(response.json())
+            except (ValueError, InvalidRequestError) as error:
+                raise RemoteRejectedError(
+                    "the CRM answered a malformed people list", code="malformed"
+                ) from error
+            directory = directory.merged(found.people)
+        return directory
+
     def _send(
         self,
         method: str,
         path: str,
         *,
         body: Mapping[str, Any] | None = None,
-        query: Mapping[str, str] | None = None,
+        query: Mapping[str, str | Sequence[str]] | None = None,
         idempotency_key: str | None = None,
         if_match: str | None = None,
     ) -> requests.Response:
@@ -139,6 +196,13 @@ class CrmClient:
                 raise _error_for(method, logged_path, response, capped(retry_after, self._policy))
             log.info("crm: %s %s → %s; retrying in %.1fs", method, logged_path, status, delay)
             self._sleep(delay)
+
+
+def _record(response: requests.Response) -> CrmRecord:
+    try:
+        return crm_record_from_json(response.json())
+    except (ValueError, InvalidRequestError) as error:
+        raise RemoteRejectedError("the CRM answered a malformed activity", code="malformed") from error
 
 
 def _error_for(method: str, path: str, response: requests.Response, retry_after: float) -> RemoteError:

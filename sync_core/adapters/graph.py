@@ -7,22 +7,32 @@ translated here into ``sync_core.errors`` (401 → ``AuthenticationError``, 404 
 failures → ``TransientRemoteError``, other 4xx → ``RemoteRejectedError``), naming Graph's error code only:
 Graph's messages can quote request data. Logs carry method, path without query, status and stable ids.
 
-Later features add delta paging and ``$batch`` here; so far it has what subscriptions need: create, renew
-(PATCH, which also reauthorizes) and delete change-notification subscriptions.
+Subscriptions (create, renew — a PATCH, which also reauthorizes — and delete) and the calendar: the
+``calendarView/delta`` pages of a round (streamed, one page at a time), and single-event reads and writes.
+Event calls carry ``mapping.GRAPH_PREFER`` (immutable ids, text bodies, UTC times).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import quote, urlsplit
 
 import requests
 
-from sync_core.domain.graph_payloads import SubscriptionInfo, parse_error_body, parse_subscription
+from sync_core.domain.graph_payloads import (
+    DeltaPage,
+    GraphEvent,
+    SubscriptionInfo,
+    parse_delta_page,
+    parse_error_body,
+    parse_event,
+    parse_subscription,
+)
+from sync_core.domain.mapping import GRAPH_PREFER
 from sync_core.domain.retry_policy import RetryPolicy, capped, next_delay, parse_retry_after
 from sync_core.errors import (
     AuthenticationError,
@@ -38,8 +48,23 @@ from sync_core.errors import (
 log = logging.getLogger(__name__)
 
 AccessToken = Callable[[], str]
+
+
+@runtime_checkable
+class RefreshableToken(Protocol):
+    """A token provider that can fetch a fresh token when Graph refused the one it gave (401): an access
+    token can expire, or be revoked, between being cached and being used."""
+
+    def __call__(self) -> str: ...
+
+    def refresh(self) -> None: ...
+
+
 _IMMUTABLE_IDS = 'IdType="ImmutableId"'
 _DEFAULT_TIMEOUT = (5.0, 30.0)
+# Events per delta page: big enough to keep requests per event low, small enough to keep a page in memory.
+DELTA_PAGE_SIZE = 100
+_EVENT_PREFER = tuple(value for value in GRAPH_PREFER if value != _IMMUTABLE_IDS)
 
 
 class GraphClient:
@@ -97,6 +122,68 @@ class GraphClient:
             return False
         return True
 
+    # --- calendar ---
+
+    def calendar_delta_url(self, start: datetime, end: datetime) -> str:
+        """The first URL of a full round over the primary calendar's view between ``start`` and ``end``."""
+        return f"{self._base_url}/me/calendarView/delta?startDateTime={_iso(start)}&endDateTime={_iso(end)}"
+
+    def delta_pages(self, token: AccessToken, url: str) -> Iterator[DeltaPage]:
+        """The pages of one delta round from ``url`` (a saved deltaLink, or ``calendar_delta_url``), one at
+        a time: the caller plans and saves each before the next is fetched, so memory stays flat. The last
+        page carries the deltaLink to save. 410 or ``syncStateNotFound`` → ``DeltaExpiredError``."""
+        next_url: str | None = url
+        while next_url is not None:
+            try:
+                body = self.request(
+                    "GET",
+                    next_url,
+                    token,
+                    replay_safe=True,
+                    prefer=(*_EVENT_PREFER, f"odata.maxpagesize={DELTA_PAGE_SIZE}"),
+                )
+            except RemoteRejectedError as error:
+                if error.code in {"syncStateNotFound", "resyncRequired", "syncStateInvalid"}:
+                    raise DeltaExpiredError(str(error), status=error.status, code=error.code) from error
+                raise
+            try:
+                page = parse_delta_page(body)
+            except InvalidRequestError as error:
+                raise RemoteRejectedError(
+                    "Graph answered a malformed delta page", code="malformed"
+                ) from error
+            yield page
+            next_url = page.next_link
+
+    def get_event(self, token: AccessToken, event_id: str) -> GraphEvent:
+        """GET one event; 404 → ``ItemGoneError`` (deleted, or never there)."""
+        body = self.request("GET", _event_path(event_id), token, replay_safe=True, prefer=_EVENT_PREFER)
+        return _event(body)
+
+    def create_event(self, token: AccessToken, body: Mapping[str, Any]) -> GraphEvent:
+        """POST an event. Replay-safe only because every create we send carries a ``transactionId``: Graph
+        answers a repeated one with the event the first request made."""
+        replay_safe = bool(body.get("transactionId"))
+        answer = self.request(
+            "POST", "/me/events", token, body=body, replay_safe=replay_safe, prefer=_EVENT_PREFER
+        )
+        return _event(answer)
+
+    def update_event(self, token: AccessToken, event_id: str, body: Mapping[str, Any]) -> GraphEvent:
+        """PATCH the properties in ``body`` (the same PATCH twice sets the same values: replay-safe)."""
+        answer = self.request(
+            "PATCH", _event_path(event_id), token, body=body, replay_safe=True, prefer=_EVENT_PREFER
+        )
+        return _event(answer)
+
+    def delete_event(self, token: AccessToken, event_id: str) -> bool:
+        """DELETE an event; False when it was already gone (which counts as done)."""
+        try:
+            self.request("DELETE", _event_path(event_id), token, replay_safe=True)
+        except ItemGoneError:
+            return False
+        return True
+
     # --- the one request loop ---
 
     def request(
@@ -107,16 +194,18 @@ class GraphClient:
         *,
         body: Mapping[str, Any] | None = None,
         replay_safe: bool,
+        prefer: Sequence[str] = (),
     ) -> Any:
         """Send one logical request (retrying as the policy says); the parsed JSON answer, or None."""
         url = path_or_url if "://" in path_or_url else self._base_url + path_or_url
         path = urlsplit(url).path
         headers = {
             "Authorization": f"Bearer {token()}",
-            "Prefer": _IMMUTABLE_IDS,
+            "Prefer": ", ".join((_IMMUTABLE_IDS, *prefer)),
             "Accept": "application/json",
         }
         attempt = 0
+        refreshed = False
         while True:
             attempt += 1
             try:
@@ -140,12 +229,34 @@ class GraphClient:
             if status < 400:
                 log.debug("graph: %s %s → %s", method, path, status)
                 return response.json() if response.content else None
+            if status == 401 and not refreshed and isinstance(token, RefreshableToken):
+                # The token expired (or was revoked) after it was cached: one fresh token, one more try.
+                log.info("graph: %s %s → 401; retrying once with a fresh token", method, path)
+                refreshed = True
+                token.refresh()
+                headers["Authorization"] = f"Bearer {token()}"
+                continue
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             delay = next_delay(self._policy, attempt, status, retry_after, replay_safe=replay_safe)
             if delay is None:
                 raise _error_for(method, path, response, capped(retry_after, self._policy))
             log.info("graph: %s %s → %s; retrying in %.1fs", method, path, status, delay)
             self._sleep(delay)
+
+
+def _event_path(event_id: str) -> str:
+    return f"/me/events/{quote(event_id, safe='')}"
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _event(body: object) -> GraphEvent:
+    try:
+        return parse_event(body)
+    except InvalidRequestError as error:
+        raise RemoteRejectedError("Graph answered a malformed event", code="malformed") from error
 
 
 def _error_for(method: str, path: str, response: requests.Response, retry_after: float) -> RemoteError:

@@ -270,8 +270,9 @@ class UserTokens:
     def delete(self, user_id: str) -> None:
         self._store.delete(user_id)
 
-    def access_token(self, user_id: str, home_account_id: str | None) -> str:
-        """A live Graph access token for the user, refreshed silently when needed.
+    def access_token(self, user_id: str, home_account_id: str | None, *, force_refresh: bool = False) -> str:
+        """A live Graph access token for the user, refreshed silently when needed (``force_refresh``: even
+        when the cached one looks valid, e.g. after Graph refused it with 401).
 
         No cache, no account in it, or ``invalid_grant`` → ``TokenRevokedError``; an unreadable cache →
         ``TokenCacheUnreadableError``. A cache written under an older key is re-encrypted with the current.
@@ -291,7 +292,9 @@ class UserTokens:
                     f"tokens: user {user_id} has no account in the cache", code="no_account"
                 )
             try:
-                result = app.acquire_token_silent_with_error(list(DELEGATED_SCOPES), account)
+                result = app.acquire_token_silent_with_error(
+                    list(DELEGATED_SCOPES), account, force_refresh=force_refresh
+                )
             except requests.RequestException as error:
                 raise TransientRemoteError(f"Entra ID did not answer ({type(error).__name__})") from error
             except MsalServiceError as error:

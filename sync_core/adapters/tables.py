@@ -35,9 +35,11 @@ Conventions shared by the stores
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import re
+import secrets
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -77,6 +79,8 @@ from sync_core.domain.state import (
     OutboxEntry,
     OutboxOperation,
     SubscriptionRecord,
+    SyncLogEntry,
+    SyncLogKind,
     Versioned,
 )
 from sync_core.errors import (
@@ -105,6 +109,8 @@ OUTBOX = "outbox"
 LEASES = "leases"
 NONCES = "nonces"
 ADMIN_CONSENTS = "adminconsents"
+SYNC_LOG = "synclog"
+ITEM_INDEX = "itemindex"
 TABLES: tuple[str, ...] = (
     CONNECTIONS,
     TOKENS,
@@ -116,6 +122,8 @@ TABLES: tuple[str, ...] = (
     LEASES,
     NONCES,
     ADMIN_CONSENTS,
+    SYNC_LOG,
+    ITEM_INDEX,
 )
 
 # Table Storage limits (https://learn.microsoft.com/rest/api/storageservices/understanding-the-table-service-data-model).
@@ -573,6 +581,14 @@ class TableStorage:
     def admin_consents(self) -> AdminConsentStore:
         return AdminConsentStore(self._table(ADMIN_CONSENTS))
 
+    @cached_property
+    def sync_log(self) -> SyncLogStore:
+        return SyncLogStore(self._table(SYNC_LOG))
+
+    @cached_property
+    def item_index(self) -> ItemIndexStore:
+        return ItemIndexStore(self._table(ITEM_INDEX))
+
     def _table(self, base: str) -> _Table:
         name = self.table_name(base)
         return _Table(self._client().get_table_client(name), name)
@@ -603,6 +619,8 @@ class TableStorage:
 # --- connections: PK = user, RK = "connection" --------------------------------------------------------------
 
 _CONNECTION_ROW = "connection"
+# ``RunningUntil`` once a run has ended (a merge cannot remove a property; a past time reads as "no run").
+_NO_RUN = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class ConnectionStore:
@@ -619,15 +637,16 @@ class ConnectionStore:
         return Versioned(connection, _put(self._table, _connection_entity(connection), etag))
 
     def mark_dirty(self, user_id: str, now: datetime) -> bool:
-        """Flag the user as needing a run; False when there is no connection or it was already dirty.
+        """Flag the user as needing a run; True when the caller must queue one: the user was clean and no
+        run is going on. False: no connection, already dirty, or a run is on (it looks at the flag before it
+        ends, and once more after letting go).
 
         The notification path calls this: when the flag is already set it costs one read and no write. It
-        reads and writes only the two dirty properties (a merge under the row's ETag): on the hot path, the
-        rest of the row is not worth deserialising.
+        reads and writes only the flag's properties (a merge under the row's ETag).
         """
         partition_key = _key("", user_id)
         for _attempt in range(_MAX_ATTEMPTS):
-            current = self._table.get(partition_key, _CONNECTION_ROW, select=("Dirty",))
+            current = self._table.get(partition_key, _CONNECTION_ROW, select=("Dirty", "RunningUntil"))
             if current is None:
                 return False
             if current.get("Dirty"):
@@ -637,8 +656,50 @@ class ConnectionStore:
                 self._table.merge(flag, _etag_of(current.metadata))
             except ConflictError:
                 continue  # someone else changed the row meanwhile: read it again
-            return True
+            running_until = _read_time(current.get("RunningUntil"))
+            return running_until is None or running_until <= now
         raise ConflictError(f"connections: user {user_id} kept changing while being marked dirty")
+
+    def start_round(self, user_id: str, running_until: datetime) -> Versioned[Connection] | None:
+        """A run's round begins: clear the dirty flag (what was marked so far is handled by this round) and
+        say a run is on until ``running_until``. Returns the connection as the round starts, or None."""
+        for _attempt in range(_MAX_ATTEMPTS):
+            current = self.get(user_id)
+            if current is None:
+                return None
+            started = replace(current.value, dirty=False, running_until=running_until)
+            change: Entity = {
+                _PK: _key("", user_id),
+                _RK: _CONNECTION_ROW,
+                "Dirty": False,
+                "RunningUntil": _utc(running_until),
+            }
+            try:
+                return Versioned(started, self._table.merge(change, current.etag))
+            except ConflictError:
+                continue
+        raise ConflictError(f"connections: user {user_id} kept changing while a round started")
+
+    def end_run(self, user_id: str) -> bool:
+        """The run is over (called before the lease is let go): no run is on any more. Returns whether the
+        user is dirty now."""
+        partition_key = _key("", user_id)
+        for _attempt in range(_MAX_ATTEMPTS):
+            current = self._table.get(partition_key, _CONNECTION_ROW, select=("Dirty", "RunningUntil"))
+            if current is None:
+                return False
+            if current.get("RunningUntil") is not None and _read_time(current.get("RunningUntil")) != _NO_RUN:
+                change: Entity = {_PK: partition_key, _RK: _CONNECTION_ROW, "RunningUntil": _utc(_NO_RUN)}
+                try:
+                    self._table.merge(change, _etag_of(current.metadata))
+                except ConflictError:
+                    continue
+            return bool(current.get("Dirty"))
+        raise ConflictError(f"connections: user {user_id} kept changing while its run ended")
+
+    def is_dirty(self, user_id: str) -> bool:
+        current = self._table.get(_key("", user_id), _CONNECTION_ROW, select=("Dirty",))
+        return current is not None and bool(current.get("Dirty"))
 
     def unmark_dirty(self, user_id: str, since: datetime) -> bool:
         """Undo our own ``mark_dirty(user_id, since)`` when its work could not be queued, so a retry of the
@@ -700,6 +761,7 @@ def _connection_entity(connection: Connection) -> Entity:
             "LastErrorItemId": error.item_id if error else None,
             "Dirty": connection.dirty,
             "DirtySince": _utc(connection.dirty_since),
+            "RunningUntil": _utc(connection.running_until),
             "DirectionOverride": connection.direction_override.value
             if connection.direction_override
             else None,
@@ -736,6 +798,7 @@ def _connection_from(entity: TableEntity) -> Versioned[Connection]:
         ),
         dirty=bool(entity.get("Dirty", False)),
         dirty_since=_read_time(entity.get("DirtySince")),
+        running_until=_read_time(entity.get("RunningUntil")),
         direction_override=SyncDirection(direction) if direction else None,
         conflict_policy_override=ConflictPolicy(policy) if policy else None,
     )
@@ -986,6 +1049,14 @@ class LinkStore:
         parameters["pk"] = _key("", user_id)
         for entity in self._table.query(f"PartitionKey eq @pk and {query_filter}", parameters):
             yield _decoded(self._table.name, _link_from, entity)
+
+    def count_for_user(self, user_id: str) -> int:
+        """How many links the user has (a key-only partition query: the mass-deletion guard's measure)."""
+        query_filter, parameters = _prefix_filter(_RK, _CRM_PREFIX)
+        parameters["pk"] = _key("", user_id)
+        return sum(
+            1 for _ in self._table.query(f"PartitionKey eq @pk and {query_filter}", parameters, select=(_RK,))
+        )
 
     def write(
         self, user_id: str, saves: Sequence[LinkWrite] = (), deletes: Sequence[Versioned[Link]] = ()
@@ -1274,6 +1345,182 @@ def _outbox_from(entity: TableEntity) -> Versioned[OutboxEntry]:
         crm_modified_at=_read_time(entity.get("CrmModifiedAt")),
     )
     return Versioned(entry, _etag_of(entity.metadata))
+
+
+# --- sync log: PK = user, RK = newest-first time key + sequence --------------------------------------------
+
+# Row keys sort ascending; counting down from this many microseconds makes the newest entry come first.
+_LOG_EPOCH_LIMIT = 10**17
+SYNC_LOG_SHOWN = 50
+
+
+class SyncLogStore:
+    """Per user, what the runs want people to see (conflicts, skipped items, item errors), newest first."""
+
+    def __init__(self, table: _Table) -> None:
+        self._table = table
+
+    def add(self, user_id: str, entries: Sequence[SyncLogEntry]) -> None:
+        """Append entries (one transaction per 100)."""
+        operations: list[Operation] = []
+        for sequence, entry in enumerate(entries):
+            if entry.user_id != user_id:
+                raise ValueError("sync log: every entry must belong to the user written")
+            operations.append(("create", _sync_log_entity(entry, sequence), {}))
+        for first in range(0, len(operations), 100):
+            self._table.transact(operations[first : first + 100])
+
+    def recent(self, user_id: str, limit: int = SYNC_LOG_SHOWN) -> list[SyncLogEntry]:
+        rows = self._table.query(_IN_PARTITION, {"pk": _key("", user_id)}, page_size=limit)
+        entries: list[SyncLogEntry] = []
+        for entity in rows:
+            entries.append(_sync_log_from(entity))
+            if len(entries) >= limit:
+                break
+        return entries
+
+    def trim(self, user_id: str, keep: int = 4 * SYNC_LOG_SHOWN) -> int:
+        """Delete all but the newest ``keep`` entries of the user (the sweep calls this). Returns how many."""
+        keys = [
+            entity[_RK]
+            for entity in self._table.query(_IN_PARTITION, {"pk": _key("", user_id)}, select=(_RK,))
+        ]
+        stale = keys[keep:]
+        for first in range(0, len(stale), 100):
+            self._table.transact(
+                [("delete", {_PK: _key("", user_id), _RK: key}, {}) for key in stale[first : first + 100]]
+            )
+        return len(stale)
+
+    def purge_user(self, user_id: str) -> int:
+        return self._table.delete_partition(_key("", user_id))
+
+
+def _sync_log_entity(entry: SyncLogEntry, sequence: int) -> Entity:
+    micros = int(entry.at.timestamp() * 1_000_000)
+    row_key = f"{_LOG_EPOCH_LIMIT - micros:017d}-{999 - sequence % 1000:03d}-{secrets.token_hex(4)}"
+    return _without_none(
+        {
+            _PK: _key("", entry.user_id),
+            _RK: row_key,
+            "At": _utc(entry.at),
+            "Kind": entry.kind.value,
+            "Reason": entry.reason,
+            "CrmId": entry.crm_id,
+            "GraphId": entry.graph_id,
+            "Fields": json.dumps(list(entry.fields)) if entry.fields is not None else None,
+            "Resolution": entry.resolution,
+            "Message": entry.message,
+        }
+    )
+
+
+def _sync_log_from(entity: TableEntity) -> SyncLogEntry:
+    fields = entity.get("Fields")
+    return SyncLogEntry(
+        user_id=decode_key(entity[_PK]),
+        at=_required_time(entity, "At"),
+        kind=SyncLogKind(entity["Kind"]),
+        reason=entity["Reason"],
+        crm_id=entity.get("CrmId"),
+        graph_id=entity.get("GraphId"),
+        fields=tuple(json.loads(fields)) if fields else None,
+        resolution=entity.get("Resolution"),
+        message=entity.get("Message"),
+    )
+
+
+# --- the cross-user index: meetings by iCalUId, and who holds a link to an activity ------------------------
+#
+# PK "m|{sha256(iCalUId)}", RK "claim": which user's link owns the CRM activity of a meeting (one meeting seen
+#   in several connected calendars is one activity). Created before the activity is: the create is the claim.
+# PK "a|{crm id}", RK user: the users whose links hold the activity (owner reassignment finds the old owner).
+# Rows live outside the users' partitions, so they are written beside the links, not in their transactions:
+# readers treat them as hints and check the link they point at.
+
+_CLAIM_ROW = "claim"
+
+
+@dataclass(frozen=True)
+class MeetingClaim:
+    owner: str  # the CRM user whose link owns the activity
+    crm_id: str | None  # None until the owner's create returned
+    claimed_at: datetime
+
+
+def _meeting_key(ical_uid: str) -> str:
+    return "m|" + hashlib.sha256(ical_uid.encode("utf-8")).hexdigest()
+
+
+class ItemIndexStore:
+    def __init__(self, table: _Table) -> None:
+        self._table = table
+
+    def meeting(self, ical_uid: str) -> Versioned[MeetingClaim] | None:
+        entity = self._table.get(_meeting_key(ical_uid), _CLAIM_ROW)
+        return None if entity is None else _decoded(self._table.name, _claim_from, entity)
+
+    def claim_meeting(self, ical_uid: str, user_id: str, now: datetime) -> Versioned[MeetingClaim]:
+        """Claim the meeting for ``user_id``; the existing claim when someone (maybe us) was first."""
+        claim = MeetingClaim(user_id, None, now)
+        entity = _claim_entity(ical_uid, claim)
+        for _attempt in range(_MAX_ATTEMPTS):
+            try:
+                return Versioned(claim, self._table.create(entity))
+            except ConflictError:
+                existing = self.meeting(ical_uid)
+                if existing is not None:
+                    return existing
+        raise ConflictError("item index: a meeting claim kept changing")
+
+    def take_over_meeting(
+        self, ical_uid: str, stale: Versioned[MeetingClaim], user_id: str, now: datetime
+    ) -> Versioned[MeetingClaim] | None:
+        """Take a claim whose owner never finished (its run died); None when it changed meanwhile."""
+        claim = MeetingClaim(user_id, None, now)
+        try:
+            return Versioned(claim, self._table.replace(_claim_entity(ical_uid, claim), stale.etag))
+        except ConflictError:
+            return None
+
+    def settle_meeting(self, ical_uid: str, user_id: str, crm_id: str, now: datetime) -> None:
+        """Record that ``user_id``'s link holds the meeting's activity ``crm_id`` (claimed if unclaimed)."""
+        claim = self.claim_meeting(ical_uid, user_id, now)
+        if claim.value.owner != user_id or claim.value.crm_id == crm_id:
+            return
+        settled = MeetingClaim(user_id, crm_id, claim.value.claimed_at)
+        with contextlib.suppress(ConflictError):
+            self._table.replace(_claim_entity(ical_uid, settled), claim.etag)
+
+    def holders(self, crm_id: str) -> list[str]:
+        rows = self._table.query(_IN_PARTITION, {"pk": _key("a|", crm_id)}, select=(_RK,))
+        return [decode_key(entity[_RK]) for entity in rows]
+
+    def add_holder(self, crm_id: str, user_id: str) -> None:
+        self._table.upsert({_PK: _key("a|", crm_id), _RK: _key("", user_id)})
+
+    def remove_holder(self, crm_id: str, user_id: str) -> None:
+        with contextlib.suppress(NotFoundError):
+            self._table.delete(_key("a|", crm_id), _key("", user_id))
+
+
+def _claim_entity(ical_uid: str, claim: MeetingClaim) -> Entity:
+    return _without_none(
+        {
+            _PK: _meeting_key(ical_uid),
+            _RK: _CLAIM_ROW,
+            "Owner": claim.owner,
+            "CrmId": claim.crm_id,
+            "ClaimedAt": _utc(claim.claimed_at),
+        }
+    )
+
+
+def _claim_from(entity: TableEntity) -> Versioned[MeetingClaim]:
+    claim = MeetingClaim(
+        owner=entity["Owner"], crm_id=entity.get("CrmId"), claimed_at=_required_time(entity, "ClaimedAt")
+    )
+    return Versioned(claim, _etag_of(entity.metadata))
 
 
 # --- leases: PK = user, RK = "lease" ------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sync_core.config import SyncDirection
-from sync_core.domain.state import Connection, ConnectionState, SubscriptionRecord
+from sync_core.domain.state import Connection, ConnectionState, SubscriptionRecord, SyncLogEntry
 
 # Renewal runs every 6 hours: a subscription that expires before the run after next is "expiring".
 EXPIRING_WITHIN = timedelta(hours=12)
@@ -62,6 +62,7 @@ def status_view(
     pending_changes: int,
     default_direction: SyncDirection,
     now: datetime,
+    sync_log: Sequence[SyncLogEntry] = (),
 ) -> dict[str, Any]:
     if connection is None:
         connection = Connection(user_id=user_id, state=ConnectionState.DISCONNECTED)
@@ -90,7 +91,23 @@ def status_view(
         "pendingChanges": pending_changes,
         "direction": (connection.direction_override or default_direction).value,
         "subscriptions": subscription_health(subscriptions, now, connected=live),
-        "syncLog": [],
+        "syncLog": [sync_log_view(entry) for entry in sync_log],
+    }
+
+
+def sync_log_view(entry: SyncLogEntry) -> dict[str, Any]:
+    """One ``syncLog`` entry as the contract shows it."""
+    item = None
+    if entry.crm_id is not None or entry.graph_id is not None:
+        item = {"crmId": entry.crm_id, "graphEventId": entry.graph_id}
+    return {
+        "at": iso_ms(entry.at),
+        "kind": entry.kind.value,
+        "item": item,
+        "fields": None if entry.fields is None else list(entry.fields),
+        "reason": entry.reason,
+        "resolution": entry.resolution,
+        "message": entry.message,
     }
 
 
@@ -101,7 +118,9 @@ class EventType(enum.Enum):
     CONNECTED = "connected"
     RECONNECT_REQUIRED = "reconnect_required"
     DISCONNECTED = "disconnected"
+    CONFLICT = "conflict"
     POISON = "poison"
+    SYNC_ERROR = "sync_error"
 
 
 @dataclass(frozen=True)
@@ -151,4 +170,25 @@ def poison_event(user_id: str, sync_reason: str, message_id: str, at: datetime) 
         at,
         {"reason": "sync_failed_repeatedly", "crmId": None, "syncReason": sync_reason},
         key=f"event:poison:{user_id}:{message_id}",
+    )
+
+
+def conflict_event(
+    user_id: str, crm_id: str, fields: Sequence[str], policy: str, winner: str, at: datetime, key: str
+) -> ConnectionEvent:
+    """Fields changed on both sides; ``key`` names the decision (a retried run reuses it)."""
+    return ConnectionEvent(
+        EventType.CONFLICT,
+        user_id,
+        at,
+        {"crmId": crm_id, "fields": list(fields), "policy": policy, "winner": winner},
+        key=f"event:conflict:{user_id}:{key}",
+    )
+
+
+def sync_error_event(
+    user_id: str, reason: str, crm_id: str | None, retrying: bool, at: datetime
+) -> ConnectionEvent:
+    return ConnectionEvent(
+        EventType.SYNC_ERROR, user_id, at, {"reason": reason, "crmId": crm_id, "retrying": retrying}
     )

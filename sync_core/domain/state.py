@@ -66,6 +66,9 @@ class Connection:
     # re-runs while it is set, so a run that found the lease held can be dropped safely.
     dirty: bool = False
     dirty_since: datetime | None = None
+    # Set by a sync run while it holds the user's lease (until the lease's expiry): a change arriving then
+    # only marks the user dirty, without queueing a message, since the run looks at the flag before it ends.
+    running_until: datetime | None = None
     # Per-user overrides of the tenant-wide sync policy; None means "use the tenant setting".
     direction_override: SyncDirection | None = None
     conflict_policy_override: ConflictPolicy | None = None
@@ -155,7 +158,8 @@ class OutboxEntry:
 
         A deletion is final: it replaces any waiting change, and no upsert replaces a waiting deletion. Two
         upserts are ordered by the CRM's ``modifiedAt`` (versions are opaque and cannot be ordered); an
-        upsert without a later ``modifiedAt`` (a retried older push) is ignored.
+        upsert with an earlier ``modifiedAt`` (a retried older push), or the waiting version again, is
+        ignored.
         """
         if other.operation is OutboxOperation.DELETE:
             return False
@@ -163,7 +167,37 @@ class OutboxEntry:
             return True
         if self.crm_modified_at is None or other.crm_modified_at is None:
             return self.crm_version != other.crm_version
+        if self.crm_modified_at == other.crm_modified_at:
+            # Two writes within the CRM's clock resolution (milliseconds): pushes come in order, so another
+            # version arriving later is the newer one (the contract calls a push superseded only when a
+            # *later* modifiedAt waits); the same version again is a retry.
+            return self.crm_version != other.crm_version
         return self.crm_modified_at > other.crm_modified_at
+
+
+class SyncLogKind(enum.Enum):
+    """What a sync log entry is about (docs/crm-contract.md §5, ``syncLog[].kind``)."""
+
+    CONFLICT = "conflict"
+    SKIPPED = "skipped"
+    ERROR = "error"
+    POISON = "poison"
+    MASS_DELETION_GUARD = "mass_deletion_guard"
+
+
+@dataclass(frozen=True)
+class SyncLogEntry:
+    """One line of a user's sync log: what happened to which item, and why (shown in the status)."""
+
+    user_id: str
+    at: datetime
+    kind: SyncLogKind
+    reason: str  # a stable code
+    crm_id: str | None = None
+    graph_id: str | None = None
+    fields: tuple[str, ...] | None = None  # CRM field names, for conflicts
+    resolution: str | None = None  # the conflict policy that decided
+    message: str | None = None  # written by us, safe to show; never a remote body
 
 
 @dataclass(frozen=True)

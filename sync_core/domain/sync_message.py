@@ -28,6 +28,7 @@ class SyncReason(enum.Enum):
     REAUTHORIZATION_REQUIRED = "reauthorization_required"  # lifecycle: renew the subscription (reauthorizes)
     SWEEP = "sweep"  # the safety sweep: no good sync for a while
     OUTBOX = "outbox"  # the safety sweep: CRM changes are waiting
+    CRM_CHANGE = "crm_change"  # the CRM pushed a change or deletion of an activity (its outbox)
 
 
 # Reasons whose run first repairs the subscription named in the message.

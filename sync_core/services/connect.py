@@ -326,6 +326,7 @@ class ConnectService:
         if purge:
             self._tables.links.purge_user(user_id)
             self._tables.cursors.purge_user(user_id)
+            self._tables.sync_log.purge_user(user_id)
             if current is not None:
                 self._tables.connections.delete(user_id)
         elif current is not None and current.value.state is not ConnectionState.DISCONNECTED:
@@ -346,6 +347,7 @@ class ConnectService:
             pending,
             self._settings.sync.direction,
             self._clock(),
+            self._tables.sync_log.recent(user_id),
         )
 
     # --- the grant check every run starts with -----------------------------------------------------------

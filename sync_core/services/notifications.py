@@ -14,10 +14,10 @@ A burst (``NotificationService.accept``), on the hot path; no sync work happens 
    depends on the cache: a miss reads storage, unknown ids are never cached, and a subscription deleted
    meanwhile is accepted at most a minute longer (its user's run finds nothing to do);
 2. per distinct user with changes: ``mark_dirty`` (a read; a write only when the user goes clean → dirty), and
-   only on clean → dirty one ``sync`` message. Every later notification finds the user dirty and costs one
-   read: a burst for one user becomes one run, because the run re-runs while the flag is set (the reconcile
-   feature clears it under an ETag at the end of its run). The sweep timer is the safety net for a lost
-   message;
+   only on clean → dirty one ``sync`` message (``sync_core.services.wakeup``, shared with the CRM's pushes).
+   Every later notification finds the user dirty and costs one read: a burst for one user becomes one run,
+   because the run re-runs while the flag is set (the reconcile feature clears it under an ETag at the end of
+   its run). The sweep timer is the safety net for a lost message;
 3. per accepted lifecycle item, one ``sync`` message with the lifecycle reason (rare; never coalesced).
 
 Users are handled concurrently (a small shared pool), so a burst costs about one user's round trips. Any
@@ -31,18 +31,20 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from sync_core.adapters.tables import ConnectionStore, SubscriptionStore
 from sync_core.domain.graph_payloads import NotificationBatch
 from sync_core.domain.state import SubscriptionRecord
-from sync_core.domain.sync_message import SyncMessage, SyncReason
+from sync_core.domain.sync_message import SyncReason
 from sync_core.domain.webhook import Triage, subscription_ids, triage
-from sync_core.errors import InvalidRequestError, SyncError
+from sync_core.errors import InvalidRequestError
+from sync_core.services.wakeup import WorkQueue as WorkQueue  # re-exported: the sweep's queue port too
+from sync_core.services.wakeup import wake_user
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +62,6 @@ def validation_response(token: str) -> str:
             "not a validation request", {"validationToken": "must be 1-1024 characters"}
         )
     return token
-
-
-class WorkQueue(Protocol):
-    def send(
-        self, name: str, payload: Mapping[str, object], visibility_timeout: int | None = None
-    ) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -165,15 +161,10 @@ class NotificationService:
         return records
 
     def _mark_dirty(self, user_id: str) -> bool:
-        now = self._clock()
-        if not self._connections.mark_dirty(user_id, now):
-            return False  # already dirty (its run will see this change), or no connection
-        try:
-            self._queue.send(self._queue_name, SyncMessage.of(user_id, SyncReason.NOTIFICATION).body())
-        except SyncError:
-            self._connections.unmark_dirty(user_id, now)
-            raise
-        return True
+        # False: already dirty (its run will see this change), or no connection.
+        return wake_user(
+            self._connections, self._queue, self._queue_name, user_id, SyncReason.NOTIFICATION, self._clock()
+        )
 
     def _each(self, items: Iterable[T], call: Callable[[T], R]) -> list[R]:
         """``call`` on every item, concurrently when there are several; the first failure is raised once

@@ -31,8 +31,8 @@ from sync_core.adapters.tables import ConnectionStore, SubscriptionStore
 from sync_core.domain.state import Connection, SubscriptionRecord, Versioned
 from sync_core.domain.subscription_plan import renewal_horizon
 from sync_core.errors import SyncError, TokenCacheUnreadableError, TokenRevokedError
+from sync_core.services.reconcile import AccessCheck
 from sync_core.services.subscriptions import LIVE_STATES, Changes, GraphSubscriptions
-from sync_core.services.sync_run import AccessCheck
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,9 @@
 """One queued ``sync`` message, run: lifecycle repairs first, then the user's sync.
 
 A lifecycle message (``subscription_removed``, ``reauthorization_required``) first repairs the subscription it
-names (``GraphSubscriptions.repair``): Graph's order is "recreate, then resync". Then the sync itself. Until
-the reconcile feature lands, the sync is the grant check every run starts with (``ConnectService.
-check_access``: a revoked grant becomes ``reconnect_required`` and the CRM is told); the reconcile feature
-runs the sync after that same check.
+names (``GraphSubscriptions.repair``): Graph's order is "recreate, then resync". Then the sync itself
+(``Reconciler.run``: under the user's lease; a revoked grant becomes ``reconnect_required`` and the CRM is
+told).
 
 Failures other than a revoked grant propagate: the platform retries the message after ``visibilityTimeout``
 and parks it in the poison queue after ``maxDequeueCount`` tries (``sync_core.services.poison``).
@@ -22,16 +21,16 @@ from sync_core.services.subscriptions import GraphSubscriptions
 log = logging.getLogger(__name__)
 
 
-class AccessCheck(Protocol):
-    """``ConnectService.check_access``: a revoked grant becomes ``reconnect_required`` and the CRM is told."""
+class UserSync(Protocol):
+    """``Reconciler.run``: one user's sync under the user's lease."""
 
-    def check_access(self, user_id: str) -> bool: ...
+    def run(self, user_id: str) -> object: ...
 
 
 class SyncRunner:
-    def __init__(self, *, subscriptions: GraphSubscriptions, access: AccessCheck) -> None:
+    def __init__(self, *, subscriptions: GraphSubscriptions, reconciler: UserSync) -> None:
         self._subscriptions = subscriptions
-        self._access = access
+        self._reconciler = reconciler
 
     def run(self, message: SyncMessage, *, dequeue_count: int = 1) -> None:
         log.info("sync: run for user %s (reason %s, try %d)", message.user, message.reason, dequeue_count)
@@ -49,5 +48,4 @@ class SyncRunner:
                     changes.recreated,
                     changes.created,
                 )
-        # The sync itself: for now the grant check (see the module docstring).
-        self._access.check_access(message.user)
+        self._reconciler.run(message.user)

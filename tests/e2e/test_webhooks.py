@@ -23,8 +23,8 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from devkit.host_process import HostLauncher, HostProcess, loopback_session
 from sync_core.adapters.queues import StorageQueues
 from sync_core.adapters.tables import TableStorage
 from sync_core.config import Secret, StorageSettings
-from sync_core.domain.state import SubscriptionRecord, Versioned
+from sync_core.domain.state import OutboxEntry, OutboxOperation, SubscriptionRecord, Versioned
 from tests.e2e.kit import (
     RETURN_URL,
     Browser,
@@ -182,6 +182,7 @@ def test_subscription_passes_the_handshake_and_a_notification_leads_to_one_sync_
     assert subscription["lifecycleNotificationUrl"] == f"{stack.relay.url}/api/graph/lifecycle"
     assert record.value.client_state_hash == hashlib.sha256(subscription["clientState"].encode()).hexdigest()
     assert 64 <= len(subscription["clientState"]) <= 128
+    stack.settle()  # the first sync is over
 
     for index in range(3):  # a burst of edits in Outlook
         world.graph.user_create_event(world.users["alice"].oid, {**EVENT, "subject": f"Planning {index}"})
@@ -192,7 +193,8 @@ def test_subscription_passes_the_handshake_and_a_notification_leads_to_one_sync_
     assert all(d["status"] == 202 for d in world.graph.deliveries(record.value.subscription_id))
     connection = stack.storage.connections.get(user_id)
     assert connection is not None
-    assert connection.value.dirty  # the run that clears it is the reconcile feature's
+    assert not connection.value.dirty  # the run cleared it
+    assert connection.value.last_good_sync_at is not None
 
 
 def test_wrong_client_state_unknown_subscriptions_and_malformed_input_are_ignored_or_refused(
@@ -325,6 +327,7 @@ def test_each_lifecycle_event_gets_its_reaction(stack: Stack) -> None:
 def test_a_message_that_always_fails_is_parked_and_shows_in_the_status_and_at_the_crm(stack: Stack) -> None:
     world = stack.world
     user_id = stack.connect("dave")
+    stack.settle()  # the first sync is over: only the message below is in play
     # The user's token row is damaged (its recorded size no longer fits): every run fails reading it.
     with TableClient.from_connection_string(stack.connection_string, f"{stack.prefix}tokens") as table:
         table.update_entity({"PartitionKey": user_id, "RowKey": "msal", "Size": 1}, mode=UpdateMode.MERGE)
@@ -368,10 +371,21 @@ def test_the_renewal_timer_recreates_a_missing_subscription_and_the_sweep_queues
     wait_until(lambda: "renewal: " in stack.host.log_text(), what="the renewal report")
     assert "1 created" in stack.host.log_text().split("renewal: ")[-1].splitlines()[0]
 
-    stack.host.fire("sweep")  # nobody has had a good sync yet (the reconcile feature records them)
-    for swept in (user_id, "usr-alice", "usr-user03"):
-        wait_until(partial(stack.runs, swept, "sweep"), what=f"the sweep's run of {swept}")
-        assert stack.runs(swept, "sweep") == 1
+    # Gina's last good sync is long ago, Alice has a CRM change waiting: the sweep queues both, and only them.
+    stack.settle()
+    stack.storage.connections.update(
+        user_id, lambda current: replace(current, last_good_sync_at=datetime(2020, 1, 1, tzinfo=UTC))
+    )
+    stack.storage.outbox.put(
+        OutboxEntry("usr-alice", "act-swept", OutboxOperation.DELETE, None, "v1", datetime.now(UTC))
+    )
+    stack.host.fire("sweep")
+    for swept, reason in ((user_id, "sweep"), ("usr-alice", "outbox")):
+        wait_until(partial(stack.runs, swept, reason), what=f"the sweep's run of {swept}")
+        assert stack.runs(swept, reason) == 1
+    stack.settle()
+    assert stack.runs("usr-user03", "sweep") == 0
+    assert not stack.storage.outbox.has_pending("usr-alice")  # the run handled the waiting change
 
 
 def test_no_log_line_holds_a_client_state_token_or_secret(stack: Stack, logs: LogCollector) -> None:

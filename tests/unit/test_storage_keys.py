@@ -89,6 +89,8 @@ def test_outbox_the_later_modification_wins_and_a_deletion_is_final() -> None:
     assert not outbox_entry("a", modified=earlier).supersedes(outbox_entry("b", modified=later))
     # The same push again (a retry): keep what waits.
     assert not outbox_entry("a", modified=earlier).supersedes(outbox_entry("a", modified=earlier))
+    # Two writes in the same millisecond: pushes come in order, so the one arriving later wins.
+    assert outbox_entry("b", modified=earlier).supersedes(outbox_entry("a", modified=earlier))
     # Versions are opaque: "9" is not older than "10".
     assert not outbox_entry("9", modified=earlier).supersedes(outbox_entry("10", modified=later))
     assert outbox_entry("a", OutboxOperation.DELETE).supersedes(outbox_entry("b", modified=later))

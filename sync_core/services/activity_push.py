@@ -1,0 +1,103 @@
+"""The CRM's activity push: ``PUT /api/users/{crmUserId}/activities/{crmId}`` (the activity changed) and
+``DELETE …?version=`` (it was deleted), turned into durable queued work in milliseconds.
+
+One push, *gather → decide → apply*:
+
+1. decide what the push asks for (``sync_core.domain.activity_push``: the contract's field checks; 400 with
+   every field error at once, before anything is read or written);
+2. gather the user's connection: none, or ``disconnected`` → ``UserNotConnectedError`` (409). Pushes for
+   ``pending``, ``reconnect_required`` and ``error`` users are kept and sync once the user syncs again;
+3. apply: write the change to the user's outbox (``OutboxStore.put``: one row per activity, the newest change
+   wins; a push older than the waiting change is answered ``superseded``). From here the change is durable:
+   the sweep finds every non-empty outbox, so nothing is lost even if no message is ever queued;
+4. wake the user's sync as the Graph webhook does (``sync_core.services.wakeup``: mark dirty, one ``sync``
+   message ``crm_change`` only on clean → dirty, so a burst of pushes becomes one run). When that fails the
+   mark is undone and ``StoreUnavailableError`` (503) is raised: the CRM retries, and a retried push is
+   harmless (the outbox keeps one change per activity).
+
+Logs hold stable ids only (user, activity, operation, status): never the body, which holds subjects,
+descriptions and attendees.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from sync_core.adapters.tables import ConnectionStore, OutboxStore
+from sync_core.domain.activity_push import (
+    PushReceipt,
+    accepts_pushes,
+    delete_entry,
+    push_status,
+    upsert_entry,
+)
+from sync_core.domain.state import OutboxEntry
+from sync_core.domain.sync_message import SyncReason
+from sync_core.errors import StoreUnavailableError, SyncError, UserNotConnectedError
+from sync_core.services.wakeup import WorkQueue, wake_user
+
+log = logging.getLogger(__name__)
+
+
+class ActivityPushes:
+    def __init__(
+        self,
+        *,
+        connections: ConnectionStore,
+        outbox: OutboxStore,
+        queue: WorkQueue,
+        queue_name: str,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._connections = connections
+        self._outbox = outbox
+        self._queue = queue
+        self._queue_name = queue_name
+        self._clock = clock
+
+    def upsert(self, user_id: str, crm_id: str, body: Mapping[str, Any]) -> PushReceipt:
+        """Keep a changed activity (the full Activity as the CRM holds it) for the user's next run."""
+        return self._keep(upsert_entry(user_id, crm_id, body, self._clock()))
+
+    def delete(self, user_id: str, crm_id: str, version: str | None) -> PushReceipt:
+        """Keep the deletion of an activity (``version``: the last one the CRM held) for the next run."""
+        return self._keep(delete_entry(user_id, crm_id, version, self._clock()))
+
+    def _keep(self, entry: OutboxEntry) -> PushReceipt:
+        user_id, crm_id, operation = entry.user_id, entry.crm_id, entry.operation.value
+        current = self._connections.get(user_id)
+        if not accepts_pushes(None if current is None else current.value):
+            log.info("activity_push: user %s is not connected; %s of %s refused", user_id, operation, crm_id)
+            raise UserNotConnectedError(user_id)
+        kept = self._outbox.put(entry)
+        status = push_status(entry, kept.value)
+        try:
+            queued = wake_user(
+                self._connections,
+                self._queue,
+                self._queue_name,
+                user_id,
+                SyncReason.CRM_CHANGE,
+                self._clock(),
+            )
+        except SyncError as error:
+            log.warning(
+                "activity_push: user %s: %s of %s is in the outbox, but its sync could not be queued (%s)",
+                user_id,
+                operation,
+                crm_id,
+                type(error).__name__,
+            )
+            raise StoreUnavailableError("the change is kept, but its sync could not be queued") from error
+        log.info(
+            "activity_push: user %s: %s of %s %s (%s)",
+            user_id,
+            operation,
+            crm_id,
+            status.value,
+            "sync run queued" if queued else "sync run already pending",
+        )
+        return PushReceipt(crm_id, entry.crm_version, status)

@@ -1,0 +1,945 @@
+"""One user's sync run (design §3 "Reconcile", §5): gather → decide (``planning.plan_sync``) → apply → save.
+
+A run, under the user's lease (one run per user at a time, across every instance):
+
+1. clear the user's dirty flag (a notification or CRM push arriving from now on sets it again);
+2. read the CRM outbox (the pushed changes not yet synced);
+3. read ``calendarView/delta`` from the saved deltaLink (or a full round over the sync window), one page at a
+   time: each page is planned and applied before the next is fetched, so memory stays flat on a mailbox of
+   any size. Outbox changes of items a page holds are planned with that page (a field edited on both sides is
+   then merged, not overwritten); the rest are planned after the last page;
+4. apply the actions: writes to Outlook and to the CRM, then the links with their new base, in one
+   transaction per 100 rows; conflicts and skipped items go to the user's sync log (and conflicts, as events,
+   to the CRM);
+5. save the new deltaLink and remove the handled outbox rows; record the run on the connection.
+
+The run repeats while the dirty flag was set again meanwhile; after releasing the lease it looks once more
+and queues a run if a change slipped in between (a message that found the lease held was dropped).
+
+What makes it safe to retry at any point (a crash, a lost message, a platform retry): Graph creates carry a
+``transactionId`` (Graph answers a repeated one with the first event), CRM writes carry idempotency keys
+derived from the request, links are saved per page, and the deltaLink and outbox rows go only once every
+item of the round was handled. A rerun of a half-applied round sees its own writes as echoes.
+
+Failures: a throttled or failing remote (after the clients' own retries, ``Retry-After`` honoured and capped)
+fails the run, and the queue retries it later; a revoked grant makes the user ``reconnect_required`` (the CRM
+is told once); an expired delta token (410 / ``syncStateNotFound``) starts a full round that re-matches
+existing links and never duplicates; an item the other side refuses (a 400) is recorded against that item in
+the user's status and the run goes on; a mass deletion stops the run and flags the user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from sync_core.adapters.tables import LinkWrite, TableStorage
+from sync_core.config import SyncPolicy
+from sync_core.domain.actions import (
+    Action,
+    CreateInCrm,
+    CreateInGraph,
+    CrmWriteResult,
+    DeleteInCrm,
+    DeleteInGraph,
+    DropLink,
+    GraphWriteResult,
+    RecordConflict,
+    SaveLink,
+    Skip,
+    UpdateCrm,
+    UpdateGraph,
+)
+from sync_core.domain.changes import (
+    CrmChange,
+    CrmDeletion,
+    CrmUpsert,
+    GraphChange,
+    GraphDeletion,
+    GraphUpsert,
+    SharedMeeting,
+    SyncRequest,
+    SyncRules,
+    crm_change_from_outbox,
+    emails_to_look_up,
+)
+from sync_core.domain.connection_view import ConnectionEvent, conflict_event, sync_error_event
+from sync_core.domain.crm_mapping import CrmRecord
+from sync_core.domain.graph_payloads import Changed, DeltaPage, GraphEvent, Removed, parse_event
+from sync_core.domain.model import PeopleDirectory
+from sync_core.domain.planning import plan_sync
+from sync_core.domain.state import (
+    Connection,
+    ConnectionState,
+    Cursor,
+    ErrorRecord,
+    Link,
+    OutboxEntry,
+    SyncLogEntry,
+    SyncLogKind,
+    Versioned,
+)
+from sync_core.domain.sync_message import SyncMessage, SyncReason
+from sync_core.errors import (
+    ConflictError,
+    DeltaExpiredError,
+    InvalidRequestError,
+    ItemGoneError,
+    LeaseHeldError,
+    MassDeletionError,
+    RemoteRejectedError,
+    SyncError,
+    TokenCacheUnreadableError,
+    TokenRevokedError,
+    TransientRemoteError,
+)
+
+log = logging.getLogger(__name__)
+
+EVENTS = "events"  # the cursor's resource kind
+_SYNCING = frozenset({ConnectionState.CONNECTED, ConnectionState.ERROR})
+# A run repeats while changes keep arriving, but hands over to a new message after this many rounds, so one
+# busy user never holds a worker for long.
+MAX_ROUNDS_PER_RUN = 5
+# A CRM write refused with 412 (the activity changed meanwhile) is re-read and re-planned this many times.
+MAX_REPLANS = 3
+# A message that found the lease held by a run that is just ending comes back this much later.
+_HANDOVER_DELAY_SECONDS = 2
+# How long a run waits for another user's run to finish creating a meeting's activity.
+_CLAIM_WAIT_SECONDS = 5.0
+
+
+# --- ports ------------------------------------------------------------------------------------------------
+
+
+class GraphCalendar(Protocol):
+    def calendar_delta_url(self, start: datetime, end: datetime) -> str: ...
+
+    def delta_pages(self, token: Callable[[], str], url: str) -> Iterable[DeltaPage]: ...
+
+    def get_event(self, token: Callable[[], str], event_id: str) -> GraphEvent: ...
+
+    def create_event(self, token: Callable[[], str], body: Mapping[str, object]) -> GraphEvent: ...
+
+    def update_event(
+        self, token: Callable[[], str], event_id: str, body: Mapping[str, object]
+    ) -> GraphEvent: ...
+
+    def delete_event(self, token: Callable[[], str], event_id: str) -> bool: ...
+
+
+class CrmActivities(Protocol):
+    def create_activity(self, body: Mapping[str, object], idempotency_key: str) -> CrmRecord: ...
+
+    def get_activity(self, crm_id: str) -> CrmRecord: ...
+
+    def update_activity(
+        self, crm_id: str, body: Mapping[str, object], if_match: str, idempotency_key: str
+    ) -> CrmRecord: ...
+
+    def delete_activity(self, crm_id: str, if_match: str | None, idempotency_key: str) -> bool: ...
+
+    def people(self, emails: Sequence[str]) -> PeopleDirectory: ...
+
+    def notify(self, event: ConnectionEvent) -> None: ...
+
+
+class UserTokenSource(Protocol):
+    def access_token(
+        self, user_id: str, home_account_id: str | None, *, force_refresh: bool = False
+    ) -> str: ...
+
+
+class AccessCheck(Protocol):
+    """``ConnectService.check_access``: a revoked grant becomes ``reconnect_required`` and the CRM is told."""
+
+    def check_access(self, user_id: str) -> bool: ...
+
+
+class WorkQueue(Protocol):
+    def send(
+        self, name: str, payload: Mapping[str, object], visibility_timeout: int | None = None
+    ) -> str: ...
+
+
+# --- what a run reports -----------------------------------------------------------------------------------
+
+
+@dataclass
+class RunReport:
+    """What one run did (for logs, tests and benchmarks)."""
+
+    user_id: str
+    ran: bool = False  # False: the lease was held, or the user is not connected
+    rounds: int = 0
+    pages: int = 0
+    graph_changes: int = 0
+    crm_changes: int = 0
+    writes_to_graph: int = 0
+    writes_to_crm: int = 0
+    conflicts: int = 0
+    skipped: int = 0
+    item_errors: int = 0
+    full_resyncs: int = 0
+    requeued: bool = False
+
+
+class _Outcome(enum.Enum):
+    """Why an item's writes stopped early."""
+
+    SKIPPED = "skipped"  # recorded against the item, or left for the next round
+    REPLAN = "replan"  # the CRM changed the activity meanwhile (412)
+
+
+class _RunToken:
+    """The user's access token for one run: fetched once, refreshed when Graph refuses it (401)."""
+
+    def __init__(self, tokens: UserTokenSource, user_id: str, home_account_id: str | None) -> None:
+        self._tokens = tokens
+        self._user_id = user_id
+        self._home_account_id = home_account_id
+        self._token: str | None = None
+
+    def __call__(self) -> str:
+        if self._token is None:
+            self._token = self._tokens.access_token(self._user_id, self._home_account_id)
+        return self._token
+
+    def refresh(self) -> None:
+        self._token = self._tokens.access_token(self._user_id, self._home_account_id, force_refresh=True)
+
+
+@dataclass(frozen=True)
+class _Known:
+    """The stored links a plan was made from: this user's by CRM id, other users' by (user, CRM id)."""
+
+    links: Mapping[str, Versioned[Link]]
+    other_links: Mapping[tuple[str, str], Versioned[Link]] = field(default_factory=dict)
+
+
+@dataclass
+class _Round:
+    """One delta round's bookkeeping."""
+
+    connection: Connection
+    rules: SyncRules
+    token: _RunToken
+    now: datetime
+    outbox: dict[str, Versioned[OutboxEntry]]
+    crm_changes: dict[str, CrmChange]
+    log_entries: list[SyncLogEntry] = field(default_factory=list)
+    events: list[ConnectionEvent] = field(default_factory=list)
+    last_item_error: ErrorRecord | None = None
+    linked_count: int | None = None
+
+
+class Reconciler:
+    def __init__(
+        self,
+        *,
+        storage: TableStorage,
+        graph: GraphCalendar,
+        crm: CrmActivities,
+        tokens: UserTokenSource,
+        access: AccessCheck,
+        queue: WorkQueue,
+        queue_name: str,
+        policy: SyncPolicy,
+        lease_seconds: int,
+        clock: Callable[[], datetime],
+        holder: str | None = None,
+    ) -> None:
+        self._storage = storage
+        self._graph = graph
+        self._crm = crm
+        self._tokens = tokens
+        self._access = access
+        self._queue = queue
+        self._queue_name = queue_name
+        self._policy = policy
+        self._lease_duration = timedelta(seconds=lease_seconds)
+        self._clock = clock
+        self._holder = holder or f"run-{uuid.uuid4().hex[:12]}"
+
+    # --- the run -------------------------------------------------------------------------------------------
+
+    def run(self, user_id: str) -> RunReport:
+        """Sync ``user_id`` once (and again while changes keep arriving). Errors other than a revoked grant
+        propagate, so the queue retries the message."""
+        report = RunReport(user_id)
+        leases = self._storage.leases
+        holder = f"{self._holder}/{uuid.uuid4().hex[:8]}"
+        try:
+            lease = leases.acquire(user_id, holder, self._clock(), self._lease_duration)
+        except LeaseHeldError:
+            # The holder runs again while the user is dirty, so marking the user is all this message has
+            # left to do, whatever queued it; unless the holder is just letting go (its run already ended):
+            # then a run is queued for a moment later.
+            if self._storage.connections.mark_dirty(user_id, self._clock()):
+                self._queue.send(
+                    self._queue_name,
+                    SyncMessage.of(user_id, SyncReason.NOTIFICATION).body(),
+                    visibility_timeout=_HANDOVER_DELAY_SECONDS,
+                )
+            log.info("reconcile: user %s is being synced by another run; marked for it", user_id)
+            return report
+        started = time.monotonic()
+        connections = self._storage.connections
+        dirty = False
+        try:
+            while report.rounds < MAX_ROUNDS_PER_RUN:
+                connection = connections.start_round(user_id, lease.value.expires_at)
+                if connection is None or connection.value.state not in _SYNCING:
+                    log.info("reconcile: user %s is not connected; nothing to do", user_id)
+                    break
+                report.ran = True
+                report.rounds += 1
+                self._round(connection.value, report)
+                if not connections.is_dirty(user_id):
+                    break
+                lease = leases.renew(lease, self._clock(), self._lease_duration)
+        finally:
+            dirty = connections.end_run(user_id)
+            leases.release(lease)
+        # Changes that arrived after the last look only marked the user (a run was on): queue a run for them.
+        # A change marked after ``end_run`` finds no run on and queues its own.
+        if dirty:
+            self._queue.send(self._queue_name, SyncMessage.of(user_id, SyncReason.NOTIFICATION).body())
+            report.requeued = True
+        log.info(
+            "reconcile: user %s: %d round(s), %d page(s), %d Outlook and %d CRM change(s); "
+            "wrote %d to Outlook and %d to the CRM; %d conflict(s), %d skipped, %d item error(s) in %.0f ms",
+            user_id,
+            report.rounds,
+            report.pages,
+            report.graph_changes,
+            report.crm_changes,
+            report.writes_to_graph,
+            report.writes_to_crm,
+            report.conflicts,
+            report.skipped,
+            report.item_errors,
+            (time.monotonic() - started) * 1000,
+        )
+        return report
+
+    def _round(self, connection: Connection, report: RunReport) -> None:
+        user_id = connection.user_id
+        now = self._clock()
+        outbox = {entry.value.crm_id: entry for entry in self._storage.outbox.list_for_user(user_id)}
+        state = _Round(
+            connection=connection,
+            rules=SyncRules.for_user(self._policy, connection),
+            token=_RunToken(self._tokens, user_id, connection.home_account_id),
+            now=now,
+            outbox=outbox,
+            crm_changes={},
+        )
+        for crm_id, entry in outbox.items():
+            try:
+                state.crm_changes[crm_id] = crm_change_from_outbox(entry.value)
+            except (InvalidRequestError, ValueError):
+                # Validated when pushed; a row that no longer parses (a contract change) is reported.
+                self._item_error(
+                    state, "crm_payload_invalid", "the pushed activity could not be read", crm_id
+                )
+        report.crm_changes += len(state.crm_changes)
+        try:
+            self._delta_round(state, report)
+        except MassDeletionError as error:
+            self._mass_deletion_stop(state, error)
+            return
+        except (TokenRevokedError, TokenCacheUnreadableError):
+            # The grant stopped working: the access check records reconnect_required and tells the CRM, once.
+            self._access.check_access(user_id)
+            self._flush_log(state)
+            return
+        self._finish(state)
+
+    # --- gather and plan, page by page ---------------------------------------------------------------------
+
+    def _delta_round(self, state: _Round, report: RunReport) -> None:
+        user_id = state.connection.user_id
+        cursor = self._storage.cursors.get(user_id, EVENTS)
+        url = cursor.value.delta_link if cursor is not None else self._full_round_url(state.now)
+        try:
+            delta_link = self._pages(state, report, url)
+        except DeltaExpiredError:
+            # The delta token expired: start over with a full round. Links are matched by Graph id (and our
+            # transactionIds), so every event already synced is recognised, never created again.
+            log.warning("reconcile: user %s: delta token expired; full resync", user_id)
+            report.full_resyncs += 1
+            if cursor is not None:
+                self._storage.cursors.delete(user_id, EVENTS)
+                cursor = None
+            delta_link = self._pages(state, report, self._full_round_url(state.now))
+        # The changes no page held an item of (the common case: creates and edits of unchanged events).
+        if state.crm_changes:
+            self._plan_and_apply(state, report, [], list(state.crm_changes.values()))
+            state.crm_changes.clear()
+        new_cursor = Cursor(user_id, EVENTS, delta_link)
+        try:
+            self._storage.cursors.put(new_cursor, etag=cursor.etag if cursor is not None else None)
+        except ConflictError:
+            # Another run saved a cursor meanwhile (a lease that expired under a slow run): ours is as good.
+            # case: replace what is there now (a put without an ETag is a create, which fails on the row the
+            # other run wrote, and the whole round would fail and be retried for nothing).
+            current = self._storage.cursors.get(user_id, EVENTS)
+            self._storage.cursors.put(new_cursor, etag=current.etag if current is not None else None)
+
+    def _full_round_url(self, now: datetime) -> str:
+        return self._graph.calendar_delta_url(
+            now - timedelta(days=self._policy.window_past_days),
+            now + timedelta(days=self._policy.window_future_days),
+        )
+
+    def _pages(self, state: _Round, report: RunReport, url: str) -> str:
+        """Plan and apply every page of the round from ``url``; the deltaLink to save."""
+        for page in self._graph.delta_pages(state.token, url):
+            report.pages += 1
+            changes = self._graph_changes(state, page)
+            report.graph_changes += len(changes)
+            if changes:
+                self._plan_and_apply(state, report, changes, self._crm_changes_for(state, changes))
+            if page.delta_link is not None:
+                return page.delta_link
+        raise RemoteRejectedError("Graph ended a delta round without a deltaLink", code="malformed")
+
+    def _graph_changes(self, state: _Round, page: DeltaPage) -> list[GraphChange]:
+        """The page's items as planner input. A removal only counts as a deletion once confirmed: Graph also
+        reports events that merely left the window, and one outside the window is never deleted."""
+        changes: dict[str, GraphChange] = {}
+        for item in page.items:
+            if isinstance(item, Changed):
+                try:
+                    changes[item.id] = GraphUpsert(parse_event(item.raw))
+                except InvalidRequestError:
+                    log.warning(
+                        "reconcile: user %s: unreadable event %s skipped", state.connection.user_id, item.id
+                    )
+                continue
+            assert isinstance(item, Removed)
+            if self._storage.links.get_by_graph_id(state.connection.user_id, item.id) is None:
+                continue  # never synced: nothing to delete
+            try:
+                changes[item.id] = GraphUpsert(self._graph.get_event(state.token, item.id))
+            except ItemGoneError:
+                changes[item.id] = GraphDeletion(item.id)
+        return list(changes.values())
+
+    def _crm_changes_for(self, state: _Round, graph_changes: Sequence[GraphChange]) -> list[CrmChange]:
+        """Outbox changes of the items this page holds (taken out of the round's remaining changes)."""
+        if not state.crm_changes:
+            return []
+        taken: list[CrmChange] = []
+        for change in graph_changes:
+            graph_id = change.event.id if isinstance(change, GraphUpsert) else change.graph_id
+            link = self._storage.links.get_by_graph_id(state.connection.user_id, graph_id)
+            if link is not None and link.value.crm_id in state.crm_changes:
+                taken.append(state.crm_changes.pop(link.value.crm_id))
+        return taken
+
+    def _plan_and_apply(
+        self,
+        state: _Round,
+        report: RunReport,
+        graph_changes: Sequence[GraphChange],
+        crm_changes: Sequence[CrmChange],
+    ) -> None:
+        user_id = state.connection.user_id
+        links = self._links_for(user_id, graph_changes, crm_changes)
+        emails = emails_to_look_up(graph_changes)
+        people = self._crm.people(emails) if emails else PeopleDirectory()
+        other_links = self._other_users_links(user_id, crm_changes, links)
+        request = SyncRequest(
+            user_id=user_id,
+            now=state.now,
+            rules=state.rules,
+            connected_at=state.connection.connected_since,
+            graph_changes=graph_changes,
+            crm_changes=crm_changes,
+            links=[link.value for link in links.values()],
+            linked_count=state.linked_count or 0,
+            people=people,
+            shared_meetings=self._shared_meetings(user_id, graph_changes, links),
+            other_users_links=[link.value for link in other_links.values()],
+        )
+        actions = self._plan(state, request)
+        self._apply(state, report, actions, _Known(links, other_links), request)
+
+    def _shared_meetings(
+        self, user_id: str, graph_changes: Sequence[GraphChange], links: Mapping[str, Versioned[Link]]
+    ) -> dict[str, SharedMeeting]:
+        """For new Outlook events, the meetings whose activity another connected user's link already owns
+        (the same iCalUId in two calendars is one meeting: one CRM activity)."""
+        linked = {link.value.graph_id for link in links.values()}
+        shared: dict[str, SharedMeeting] = {}
+        for change in graph_changes:
+            if not isinstance(change, GraphUpsert) or change.event.id in linked or not change.event.ical_uid:
+                continue
+            claim = self._storage.item_index.meeting(change.event.ical_uid)
+            if claim is not None and claim.value.owner != user_id and claim.value.crm_id is not None:
+                shared[change.event.ical_uid] = SharedMeeting(claim.value.crm_id, claim.value.owner)
+        return shared
+
+    def _other_users_links(
+        self, user_id: str, crm_changes: Sequence[CrmChange], links: Mapping[str, Versioned[Link]]
+    ) -> dict[tuple[str, str], Versioned[Link]]:
+        """For CRM pushes of activities this user has no link to, the links other users hold (the activity
+        may have been reassigned to this user: it then leaves the previous owner's calendar)."""
+        found: dict[tuple[str, str], Versioned[Link]] = {}
+        for change in crm_changes:
+            if not isinstance(change, CrmUpsert) or change.crm_id in links:
+                continue
+            for holder in self._storage.item_index.holders(change.crm_id):
+                if holder == user_id:
+                    continue
+                link = self._storage.links.get_by_crm_id(holder, change.crm_id)
+                if link is not None:
+                    found[(holder, change.crm_id)] = link
+        return found
+
+    def _plan(self, state: _Round, request: SyncRequest) -> tuple[Action, ...]:
+        """``plan_sync``, with the mass-deletion guard measured against every link the user has: counted
+        (a key-only query) only when the plan deletes something."""
+        if state.linked_count is not None:
+            return plan_sync(request)
+        try:
+            actions = plan_sync(request)
+        except MassDeletionError:
+            actions = ()
+            deletes = True
+        else:
+            deletes = any(
+                isinstance(a, DeleteInCrm) or (isinstance(a, DeleteInGraph) and not a.reassigned)
+                for a in actions
+            )
+        if not deletes:
+            return actions
+        state.linked_count = self._storage.links.count_for_user(state.connection.user_id)
+        return plan_sync(replace(request, linked_count=state.linked_count))
+
+    def _links_for(
+        self, user_id: str, graph_changes: Sequence[GraphChange], crm_changes: Sequence[CrmChange]
+    ) -> dict[str, Versioned[Link]]:
+        """The stored links of every item named, by CRM id."""
+        found: dict[str, Versioned[Link]] = {}
+        for change in graph_changes:
+            graph_id = change.event.id if isinstance(change, GraphUpsert) else change.graph_id
+            link = self._storage.links.get_by_graph_id(user_id, graph_id)
+            if link is not None:
+                found[link.value.crm_id] = link
+        for crm_change in crm_changes:
+            if crm_change.crm_id not in found:
+                link = self._storage.links.get_by_crm_id(user_id, crm_change.crm_id)
+                if link is not None:
+                    found[link.value.crm_id] = link
+        return found
+
+    # --- apply ---------------------------------------------------------------------------------------------
+
+    def _apply(
+        self,
+        state: _Round,
+        report: RunReport,
+        actions: Sequence[Action],
+        known: _Known,
+        request: SyncRequest,
+        replans: int = 0,
+    ) -> None:
+        user_id = state.connection.user_id
+        links = known.links
+        by_item: dict[str, list[Action]] = {}
+        for action in actions:
+            by_item.setdefault(action.item, []).append(action)
+        events = {
+            change.event.id: change.event
+            for change in request.graph_changes
+            if isinstance(change, GraphUpsert)
+        }
+        saves: list[LinkWrite] = []
+        drops: list[Versioned[Link]] = []
+        others_dropped: list[Versioned[Link]] = []
+        for item_actions in by_item.values():
+            outcome = self._apply_item(state, report, item_actions, events)
+            if outcome is _Outcome.REPLAN:
+                self._replan_item(state, report, item_actions, request, replans)
+                continue
+            if outcome is _Outcome.SKIPPED:
+                continue
+            graph_result, crm_result = outcome
+            for action in item_actions:
+                if isinstance(action, SaveLink):
+                    new_link = action.to_link(graph=graph_result, crm=crm_result)
+                    saves.append(LinkWrite(new_link, self._previous(links, new_link, drops)))
+                elif isinstance(action, DropLink) and action.link.user_id != user_id:
+                    # The previous owner's link of a reassigned activity.
+                    other = known.other_links.get((action.link.user_id, action.link.crm_id))
+                    if other is not None:
+                        others_dropped.append(other)
+                elif isinstance(action, DropLink) and action.link.crm_id in links:
+                    previous = links[action.link.crm_id]
+                    if previous not in drops and not any(s.previous is previous for s in saves):
+                        drops.append(previous)
+                elif isinstance(action, RecordConflict):
+                    self._record_conflict(state, report, action)
+                elif isinstance(action, Skip) and action.reason.logged:
+                    report.skipped += 1
+                    state.log_entries.append(
+                        SyncLogEntry(
+                            user_id=state.connection.user_id,
+                            at=state.now,
+                            kind=SyncLogKind.SKIPPED,
+                            reason=action.reason.value,
+                            crm_id=action.crm_id,
+                            graph_id=action.graph_id,
+                            message=action.reason.message,
+                        )
+                    )
+        if saves or drops:
+            self._storage.links.write(user_id, saves, drops)
+        for other in others_dropped:
+            with contextlib.suppress(ConflictError):  # changed by its own user's run meanwhile: theirs wins
+                self._storage.links.write(other.value.user_id, deletes=[other])
+        self._index(state, saves, drops, others_dropped)
+
+    def _index(
+        self,
+        state: _Round,
+        saves: Sequence[LinkWrite],
+        drops: Sequence[Versioned[Link]],
+        others_dropped: Sequence[Versioned[Link]],
+    ) -> None:
+        """Keep the cross-user index beside the links: who holds each activity, and which link owns each
+        meeting. Only new and dropped links change it."""
+        index = self._storage.item_index
+        for save in saves:
+            link = save.link
+            if save.previous is not None and save.previous.value.crm_id == link.crm_id:
+                continue
+            index.add_holder(link.crm_id, link.user_id)
+            if link.ical_uid and link.crm_owner_id is None:
+                index.settle_meeting(link.ical_uid, link.user_id, link.crm_id, state.now)
+        kept = {save.link.crm_id for save in saves}
+        for dropped in (*drops, *others_dropped):
+            if dropped.value.crm_id not in kept or dropped.value.user_id != state.connection.user_id:
+                index.remove_holder(dropped.value.crm_id, dropped.value.user_id)
+
+    @staticmethod
+    def _previous(
+        links: Mapping[str, Versioned[Link]], new_link: Link, drops: list[Versioned[Link]]
+    ) -> Versioned[Link] | None:
+        previous = links.get(new_link.crm_id)
+        if previous is not None and previous in drops:
+            drops.remove(previous)  # dropped and saved again in one plan: a replace
+        return previous
+
+    def _apply_item(
+        self,
+        state: _Round,
+        report: RunReport,
+        actions: Sequence[Action],
+        events: Mapping[str, GraphEvent],
+    ) -> tuple[GraphWriteResult | None, CrmWriteResult | None] | _Outcome:
+        """Perform one item's writes; what they returned, or why the item stops here."""
+        token = state.token
+        graph_result: GraphWriteResult | None = None
+        crm_result: CrmWriteResult | None = None
+        for action in actions:
+            try:
+                if isinstance(action, CreateInGraph):
+                    event = self._graph.create_event(token, action.body())
+                    graph_result = GraphWriteResult(event.id, event.change_key, event.ical_uid)
+                    report.writes_to_graph += 1
+                elif isinstance(action, UpdateGraph):
+                    event = self._graph.update_event(token, action.graph_id, action.body())
+                    graph_result = GraphWriteResult(event.id, event.change_key, event.ical_uid)
+                    report.writes_to_graph += 1
+                elif isinstance(action, DeleteInGraph):
+                    self._graph.delete_event(self._token_of(state, action.user_id), action.graph_id)
+                    report.writes_to_graph += 1
+                elif isinstance(action, CreateInCrm):
+                    source = events.get(action.graph_id)
+                    if source is not None and source.ical_uid and not self._claim(state, source.ical_uid):
+                        return _Outcome.REPLAN  # another connected user's calendar holds this meeting
+                    record = self._crm.create_activity(action.body(), action.idempotency_key)
+                    crm_result = CrmWriteResult(record.crm_id, record.version)
+                    report.writes_to_crm += 1
+                elif isinstance(action, UpdateCrm):
+                    if_match = action.if_match
+                    if if_match is None:
+                        if_match = self._crm.get_activity(action.crm_id).version
+                    record = self._crm.update_activity(
+                        action.crm_id, action.body(), if_match, action.idempotency_key
+                    )
+                    crm_result = CrmWriteResult(record.crm_id, record.version)
+                    report.writes_to_crm += 1
+                elif isinstance(action, DeleteInCrm):
+                    self._crm.delete_activity(action.crm_id, action.if_match, action.idempotency_key)
+                    report.writes_to_crm += 1
+            except ItemGoneError:
+                if isinstance(action, UpdateCrm):
+                    # case: deleted in the CRM while Outlook's edit was being copied (its push not here yet):
+                    # re-plan now with the deletion, so the edit wins and the activity comes back. Skipping
+                    # would lose the edit: this delta is consumed, and the late push alone deletes the event.
+                    return _Outcome.REPLAN
+                if isinstance(action, UpdateGraph):
+                    # Deleted on that side while we planned: the next round sees the deletion and decides
+                    # (a modification beats a deletion), so nothing of this item is saved now.
+                    self._storage.connections.mark_dirty(state.connection.user_id, state.now)
+                    return _Outcome.SKIPPED
+                raise
+            except RemoteRejectedError as error:
+                if error.code == "version_mismatch" and isinstance(action, UpdateCrm | DeleteInCrm):
+                    return _Outcome.REPLAN  # changed in the CRM meanwhile: re-read and decide again
+                if error.status is not None and 400 <= error.status < 500 and error.status != 401:
+                    crm_id = getattr(action, "crm_id", None)
+                    self._item_error(
+                        state,
+                        f"{'crm' if 'Crm' in type(action).__name__ else 'graph'}_rejected",
+                        _rejection_message(action, error),
+                        crm_id if isinstance(crm_id, str) else None,
+                        graph_id=getattr(action, "graph_id", None),
+                    )
+                    report.item_errors += 1
+                    return _Outcome.SKIPPED
+                raise
+        return graph_result, crm_result
+
+    def _token_of(self, state: _Round, user_id: str) -> Callable[[], str]:
+        """This run's token, or (an activity reassigned away from ``user_id``) that user's."""
+        if user_id == state.connection.user_id:
+            return state.token
+        other = self._storage.connections.get(user_id)
+        if other is None or other.value.state not in _SYNCING:
+            raise TokenRevokedError(f"reconcile: user {user_id} is not connected", code="not_connected")
+        return _RunToken(self._tokens, user_id, other.value.home_account_id)
+
+    def _claim(self, state: _Round, ical_uid: str) -> bool:
+        """Claim a meeting before creating its activity; False when another user's link owns it (the item
+        is then planned again as that user's shared meeting). A claim whose owner never finished (its run
+        died before the create returned) is taken over once it is older than a lease."""
+        user_id = state.connection.user_id
+        index = self._storage.item_index
+        deadline = time.monotonic() + _CLAIM_WAIT_SECONDS
+        while True:
+            claim = index.claim_meeting(ical_uid, user_id, state.now)
+            if claim.value.owner == user_id:
+                return True
+            if claim.value.crm_id is not None:
+                return False
+            if self._clock() - claim.value.claimed_at > self._lease_duration:
+                if index.take_over_meeting(ical_uid, claim, user_id, self._clock()) is not None:
+                    return True
+                continue
+            if time.monotonic() > deadline:
+                # The owner's run is creating the activity right now: try this round again later (the
+                # deltaLink is not saved, so the event comes back).
+                raise TransientRemoteError(
+                    f"reconcile: meeting of user {user_id} is being created by user {claim.value.owner}"
+                )
+            time.sleep(0.2)
+
+    def _replan_item(
+        self,
+        state: _Round,
+        report: RunReport,
+        actions: Sequence[Action],
+        request: SyncRequest,
+        replans: int,
+    ) -> None:
+        """Decide one item again: the CRM changed the activity while we planned (412: read it), or another
+        connected user's link turned out to own the meeting (the claim: link to their activity)."""
+        user_id = state.connection.user_id
+        if replans >= MAX_REPLANS:
+            raise ConflictError(f"reconcile: an item of user {user_id} kept changing while being synced")
+        create = next((a for a in actions if isinstance(a, CreateInCrm)), None)
+        if create is not None:
+            meeting: list[GraphChange] = [
+                c
+                for c in request.graph_changes
+                if isinstance(c, GraphUpsert) and c.event.id == create.graph_id
+            ]
+            links = self._links_for(user_id, meeting, [])
+            replanned = replace(
+                request,
+                graph_changes=meeting,
+                crm_changes=[],
+                links=[link.value for link in links.values()],
+                shared_meetings=self._shared_meetings(user_id, meeting, links),
+                other_users_links=[],
+            )
+            log.info("reconcile: user %s: event %s is a meeting another user owns", user_id, create.graph_id)
+            self._apply(state, report, self._plan(state, replanned), _Known(links), replanned, replans + 1)
+            return
+        crm_id = next((a.crm_id for a in actions if isinstance(a, UpdateCrm | DeleteInCrm)), None)
+        if crm_id is None:
+            raise ConflictError(f"reconcile: an item of user {user_id} cannot be planned again")
+        fresh: CrmChange
+        try:
+            record = self._crm.get_activity(crm_id)
+            fresh = CrmUpsert(crm_id, record.version, record.activity)
+        except ItemGoneError:
+            fresh = CrmDeletion(crm_id, "")
+        links = self._links_for(user_id, [], [fresh])
+        graph_ids = {link.value.graph_id for link in links.values()}
+        graph_changes = [
+            change
+            for change in request.graph_changes
+            if (change.event.id if isinstance(change, GraphUpsert) else change.graph_id) in graph_ids
+        ]
+        replanned = replace(
+            request,
+            graph_changes=graph_changes,
+            crm_changes=[fresh],
+            links=[link.value for link in links.values()],
+            other_users_links=[],
+        )
+        log.info("reconcile: user %s: activity %s changed in the CRM meanwhile; re-planned", user_id, crm_id)
+        self._apply(state, report, self._plan(state, replanned), _Known(links), replanned, replans + 1)
+
+    # --- what people see -----------------------------------------------------------------------------------
+
+    def _record_conflict(self, state: _Round, report: RunReport, conflict: RecordConflict) -> None:
+        report.conflicts += 1
+        fields = conflict.crm_field_names
+        state.log_entries.append(
+            SyncLogEntry(
+                user_id=state.connection.user_id,
+                at=state.now,
+                kind=SyncLogKind.CONFLICT,
+                reason="changed_on_both_sides",
+                crm_id=conflict.crm_id,
+                graph_id=conflict.graph_id,
+                fields=fields,
+                resolution=conflict.policy.value,
+            )
+        )
+        state.events.append(
+            conflict_event(
+                state.connection.user_id,
+                conflict.crm_id,
+                fields,
+                conflict.policy.value,
+                "crm" if conflict.winner.value == "crm" else "m365",
+                state.now,
+                key=f"{conflict.crm_id}:{conflict.graph_id}:{','.join(fields)}:{int(state.now.timestamp())}",
+            )
+        )
+
+    def _item_error(
+        self, state: _Round, reason: str, message: str, crm_id: str | None, *, graph_id: str | None = None
+    ) -> None:
+        log.warning(
+            "reconcile: user %s: item crm=%s graph=%s failed: %s",
+            state.connection.user_id,
+            crm_id or "-",
+            graph_id or "-",
+            reason,
+        )
+        state.log_entries.append(
+            SyncLogEntry(
+                user_id=state.connection.user_id,
+                at=state.now,
+                kind=SyncLogKind.ERROR,
+                reason=reason,
+                crm_id=crm_id,
+                graph_id=graph_id,
+                message=message,
+            )
+        )
+        state.last_item_error = ErrorRecord(state.now, reason, message, crm_id or graph_id)
+        state.events.append(sync_error_event(state.connection.user_id, reason, crm_id, False, state.now))
+
+    def _mass_deletion_stop(self, state: _Round, error: MassDeletionError) -> None:
+        user_id = state.connection.user_id
+        log.error(
+            "reconcile: user %s: stopped: %d of %d linked items would be deleted",
+            user_id,
+            error.would_delete,
+            error.linked,
+        )
+        message = (
+            f"this sync would delete {error.would_delete} of {error.linked} synced items; nothing was "
+            "deleted. Check the calendar, then confirm the deletion."
+        )
+        state.log_entries.append(
+            SyncLogEntry(
+                user_id, state.now, SyncLogKind.MASS_DELETION_GUARD, "mass_deletion", message=message
+            )
+        )
+        failure = ErrorRecord(state.now, "mass_deletion", message)
+        self._flush_log(state)
+        self._storage.connections.update(
+            user_id,
+            lambda current: (
+                None
+                if current is None or current.state is not ConnectionState.CONNECTED
+                else replace(current, state=ConnectionState.ERROR, last_error=failure, last_sync_at=state.now)
+            ),
+        )
+        self._notify(sync_error_event(user_id, "mass_deletion", None, False, state.now))
+
+    def _flush_log(self, state: _Round) -> None:
+        if state.log_entries:
+            self._storage.sync_log.add(state.connection.user_id, state.log_entries)
+            state.log_entries = []
+        for event in state.events:
+            self._notify(event)
+        state.events = []
+
+    def _notify(self, event: ConnectionEvent) -> None:
+        try:
+            self._crm.notify(event)
+        except SyncError as error:
+            # The sync log holds it too; an unreachable CRM must not undo a run that worked.
+            log.warning("reconcile: telling the CRM '%s' failed: %s", event.type.value, type(error).__name__)
+
+    # --- save ----------------------------------------------------------------------------------------------
+
+    def _finish(self, state: _Round) -> None:
+        user_id = state.connection.user_id
+        for entry in state.outbox.values():
+            self._storage.outbox.delete_handled(entry)
+        self._flush_log(state)
+        item_error = state.last_item_error
+
+        def recorded(current: Connection | None) -> Connection | None:
+            if current is None or current.state not in {ConnectionState.CONNECTED, ConnectionState.ERROR}:
+                return None
+            return replace(
+                current,
+                state=ConnectionState.CONNECTED,
+                last_sync_at=state.now,
+                last_good_sync_at=state.now,
+                last_error=item_error if item_error is not None else _kept_error(current.last_error),
+            )
+
+        self._storage.connections.update(user_id, recorded)
+
+
+def _kept_error(error: ErrorRecord | None) -> ErrorRecord | None:
+    """A good run clears run-level errors (a mass-deletion stop, a poison record stays visible in the log)."""
+    if error is None or error.item_id is not None:
+        return error
+    return None
+
+
+def _rejection_message(action: Action, error: RemoteRejectedError) -> str:
+    side = "the CRM" if "Crm" in type(action).__name__ else "Outlook"
+    verb = {
+        "CreateInCrm": "creating the activity",
+        "UpdateCrm": "updating the activity",
+        "DeleteInCrm": "deleting the activity",
+        "CreateInGraph": "creating the event",
+        "UpdateGraph": "updating the event",
+        "DeleteInGraph": "deleting the event",
+    }.get(type(action).__name__, "writing")
+    return f"{side} refused {verb} ({error.code or error.status})"

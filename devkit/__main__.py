@@ -29,7 +29,7 @@ def _demo(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
     parser = subparsers.add_parser(
         "demo",
-        help="start Azurite and the local host on function_app.py, and call it",
+        help="start everything locally, connect a user and show the two-way sync with timings",
         description=demo.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

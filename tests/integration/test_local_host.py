@@ -603,19 +603,3 @@ def test_the_real_function_app_loads_and_answers_health(
 
     assert response.status_code == 200
     assert host.status()["errors"] == {}
-
-
-@pytest.mark.skipif(not REAL_APP.exists(), reason="function_app.py is not written yet")
-def test_the_demo_runs_its_steps_and_exits_0(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "devkit", "demo", "--work-dir", str(tmp_path)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "GET /api/health → 200" in result.stdout
-    assert "demo finished" in result.stdout

@@ -891,6 +891,8 @@ class Reconciler:
         if state.log_entries:
             self._storage.sync_log.add(state.connection.user_id, state.log_entries)
             state.log_entries = []
+            # Only runs that write to the log make it grow, so they keep it short.
+            self._storage.sync_log.trim(state.connection.user_id)
         for event in state.events:
             self._notify(event)
         state.events = []

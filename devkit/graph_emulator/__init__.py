@@ -1,4 +1,5 @@
-"""A stateful Microsoft Graph v1.0 emulator: events, subscriptions, $batch, throttling, contacts, To Do, mail.
+"""A stateful Microsoft Graph v1.0 emulator: events (and meeting invitations between its mailboxes),
+subscriptions, $batch, throttling, contacts, To Do, mail.
 
 ``GraphEmulator`` runs it in-process; ``python -m devkit graph`` (``devkit.graph_emulator.cli.main``) alone.
 """

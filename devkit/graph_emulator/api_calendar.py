@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
+from devkit.graph_emulator import invitations
 from devkit.graph_emulator.api_common import (
     DeltaScope,
     Filter,
@@ -172,7 +173,9 @@ def create_event(app: GraphApp, req: Request, calendar_id: str | None = None) ->
     with mailbox.lock:
         record, changes = calendar.create(cleaned)
         doc = calendar.render_record(record, ctx)
+        invites = invitations.prepare(app, mailbox, record) if changes else []  # none for a retry
     app.publish(mailbox, changes)
+    invitations.deliver(app, invites)
     doc = {"@odata.context": app.context_url(f"users('{mailbox.user_id}')/events/$entity"), **doc}
     return Response(201, doc)
 
@@ -219,7 +222,9 @@ def update_event(app: GraphApp, req: Request, event_id: str, calendar_id: str | 
             doc = calendar.render(inst, ctx)
         else:
             doc = calendar.render_record(calendar.record(ref[1]), ctx)
+        invites = invitations.prepare(app, mailbox, calendar.record(ref[1]))
     app.publish(mailbox, changes)
+    invitations.deliver(app, invites)
     return Response(
         200, {"@odata.context": app.context_url(f"users('{mailbox.user_id}')/events/$entity"), **doc}
     )
@@ -231,8 +236,11 @@ def delete_event(app: GraphApp, req: Request, event_id: str, calendar_id: str | 
     mailbox = _mailbox(req)
     with mailbox.lock:
         _check_if_match(req, calendar, ref)
+        record = calendar.record(ref[1])
         changes = calendar.delete(ref)
+        invites = invitations.prepare(app, mailbox, record, deleted=ref[0] == "e")
     app.publish(mailbox, changes)
+    invitations.deliver(app, invites)
     return Response(204)
 
 

@@ -8,6 +8,7 @@ References (``Ref``) name what a client can see:
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
@@ -43,6 +44,13 @@ from devkit.graph_emulator.util import (
 
 Ref = tuple[Any, ...]
 TIME_FIELDS = frozenset({"start", "end", "recurrence", "isAllDay"})
+# What a meeting's copy in an attendee's calendar takes from the organizer's event (invitations.py).
+MEETING_FIELDS = (
+    "subject", "body", "location", "locations", "isAllDay", "sensitivity", "importance", "isOnlineMeeting",
+    "onlineMeetingProvider", "attendees", "responseRequested", "allowNewTimeProposals", "hideAttendees",
+)  # fmt: skip
+CANCELED_PREFIX = "Canceled: "
+NOT_RESPONDED = {"response": "notResponded", "time": "0001-01-01T00:00:00Z"}
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,48 @@ class Instance:
 
 
 @dataclass(frozen=True)
+class Meeting:
+    """The organizer's event as its attendees' copies get it (a snapshot: no live references)."""
+
+    link: tuple[str, bytes]  # (organizer's user id, organizer's record key)
+    seq: int
+    organizer: Json
+    props: Json  # the MEETING_FIELDS the organizer's event has
+    start: When
+    end: When
+    recurrence: Recurrence | None
+    exceptions: dict[dt.datetime, tuple[When, When, Json]]
+    cancelled_occurrences: frozenset[dt.datetime]
+    ical_key: bytes
+    ical_uid: str
+    join_url: str | None
+    cancelled: bool = False
+
+    def state(self) -> tuple[Any, ...]:
+        """What the copy shows: cancelled meetings keep their details with "Canceled: " subjects."""
+        props, exceptions = dict(self.props), dict(self.exceptions)
+        if self.cancelled:
+            props["subject"] = _canceled(props.get("subject"))
+            exceptions = {
+                original: (start, end, {**overrides, "subject": _canceled(overrides["subject"])})
+                if "subject" in overrides
+                else (start, end, overrides)
+                for original, (start, end, overrides) in exceptions.items()
+            }
+        return (props, self.start, self.end, self.recurrence, exceptions, self.cancelled_occurrences,
+                self.cancelled)  # fmt: skip
+
+
+def _canceled(subject: Any) -> str:
+    text = str(subject or "")
+    return text if text.startswith(CANCELED_PREFIX) else CANCELED_PREFIX + text
+
+
+def meeting_props(props: Json) -> Json:
+    return {name: props[name] for name in MEETING_FIELDS if name in props}
+
+
+@dataclass(frozen=True)
 class RenderContext:
     options: RenderOptions
     immutable: bool
@@ -86,6 +136,7 @@ class Calendar:
         self.log = ChangeLog()
         self._records: dict[bytes, EventRecord] = {}
         self._transactions: dict[str, bytes] = {}
+        self._invitations: dict[tuple[str, bytes], bytes] = {}
         self._clock = clock
         self._keys = change_keys
         self._settings = settings
@@ -199,7 +250,8 @@ class Calendar:
             series_master_id = self.id_for(("e", record.key), ctx.immutable)
             assert inst.original_start is not None
             zone = timezones.resolve(record.recurrence_zone_name)
-            ical = ical_uid(record.key, timezones.to_local(inst.original_start, zone).date())
+            local_day = timezones.to_local(inst.original_start, zone).date()
+            ical = ical_uid(record.ical_key or record.key, local_day)
         if inst.exception is not None:
             props.update(inst.exception.overrides)
             change_key, created, modified = (
@@ -254,6 +306,8 @@ class Calendar:
             is_organizer=address.lower() == self.owner.address.lower(),
             options=ctx.options,
             join_url=record.join_url,
+            is_cancelled=record.is_cancelled,
+            response=record.response,
             **extra,
         )
 
@@ -327,11 +381,84 @@ class Calendar:
             for gone in sorted(self._horizon_refs(record), key=repr):
                 self.log.append(gone)
         del self._records[record.key]
+        if record.invitation is not None:
+            self._invitations.pop(record.invitation, None)
         transaction = record.props.get("transactionId")
         if transaction:
             self._transactions.pop(transaction, None)
         self.log.append(("s", record.key) if record.recurrence else ("e", record.key))
         return [Change("deleted", ("e", record.key), None)]
+
+    def receive(self, meeting: Meeting, *, create: bool) -> list[Change]:
+        """Put the organizer's meeting in this (an attendee's) calendar: a new copy, or the existing copy
+        brought up to date (the organizer's version wins over local edits of the meeting's fields)."""
+        key = self._invitations.get(meeting.link)
+        record = self._records.get(key) if key is not None else None
+        if record is None and (not create or meeting.cancelled):
+            return []  # the attendee deleted the copy (or never had one): nothing to cancel or update
+        if record is not None and record.meeting_seq >= meeting.seq:
+            return []  # an older version delivered late
+        props, start, end, recurrence, exceptions, cancelled_occurrences, cancelled = meeting.state()
+        if record is None:
+            now = self._clock.now()
+            key = new_record_key()
+            copied = {**copy.deepcopy(props), "organizer": copy.deepcopy(meeting.organizer)}
+            copied["showAs"] = "tentative"  # Outlook pencils an unanswered meeting in as tentative
+            record = EventRecord(
+                key, copied, start, end, self._keys.next(), now, now, meeting.ical_uid, recurrence,
+                join_url=meeting.join_url, ical_key=meeting.ical_key, meeting_seq=meeting.seq,
+                invitation=meeting.link, response=dict(NOT_RESPONDED),
+            )  # fmt: skip
+            record.exceptions = self._copy_exceptions(record, exceptions)
+            record.cancelled = set(cancelled_occurrences)
+            self._records[key] = record
+            self._invitations[meeting.link] = key
+            self.log.append(("s", key) if recurrence else ("e", key))
+            return [Change("created", ("e", key), etag(record.change_key))]
+        record.meeting_seq = meeting.seq
+        current = (
+            meeting_props(record.props), record.start, record.end, record.recurrence,
+            {o: (e.start, e.end, meeting_props(e.overrides)) for o, e in record.exceptions.items()},
+            frozenset(record.cancelled), record.is_cancelled,
+        )  # fmt: skip
+        if current == (props, start, end, recurrence, exceptions, cancelled_occurrences, cancelled):
+            return []
+        before = self._horizon_refs(record)
+        was_single = record.recurrence is None
+        kept = {k: v for k, v in record.props.items() if k not in MEETING_FIELDS}
+        record.props = {**kept, **copy.deepcopy(props), "organizer": copy.deepcopy(meeting.organizer)}
+        record.start, record.end, record.recurrence = start, end, recurrence
+        record.exceptions = self._copy_exceptions(record, exceptions)
+        record.cancelled = set(cancelled_occurrences)
+        record.is_cancelled, record.join_url = cancelled, meeting.join_url
+        self._touch(record)
+        for gone in sorted(before - self._horizon_refs(record), key=repr):
+            self.log.append(gone)
+        if was_single or record.recurrence is None:
+            self.log.append(("e", record.key))
+        if record.recurrence is not None:
+            self.log.append(("s", record.key))
+        return [Change("updated", ("e", record.key), etag(record.change_key))]
+
+    def _copy_exceptions(
+        self, record: EventRecord, exceptions: dict[dt.datetime, tuple[When, When, Json]]
+    ) -> dict[dt.datetime, ExceptionState]:
+        """The organizer's changed occurrences on a copy; unchanged ones keep their version."""
+        result = {}
+        now = self._clock.now()
+        for original, (start, end, overrides) in exceptions.items():
+            old = record.exceptions.get(original)
+            unchanged = old is not None and (old.start, old.end, meeting_props(old.overrides)) == (
+                start, end, overrides
+            )  # fmt: skip
+            if old is not None and unchanged:
+                result[original] = old
+            else:
+                created = old.created if old else now
+                result[original] = ExceptionState(
+                    start, end, copy.deepcopy(overrides), self._keys.next(), created, now
+                )
+        return result
 
     def _update_occurrence(self, ref: Ref, cleaned: Json) -> list[Change]:
         inst = self._require_instance(ref)

@@ -148,6 +148,14 @@ class EventRecord:
     exceptions: dict[dt.datetime, ExceptionState] = field(default_factory=dict)
     cancelled: set[dt.datetime] = field(default_factory=set)
     join_url: str | None = None
+    # Meetings (invitations.py): the organizer's event knows the mailboxes holding a copy and counts its
+    # versions; an attendee's copy names the organizer's event, shares its iCalUId and has its own answer.
+    ical_key: bytes | None = None  # the key the iCalUIds derive from (the organizer's, on a copy)
+    invited: set[str] = field(default_factory=set)
+    meeting_seq: int = 0
+    invitation: tuple[str, bytes] | None = None  # (organizer's user id, organizer's record key)
+    is_cancelled: bool = False
+    response: Json | None = None
 
     @property
     def is_all_day(self) -> bool:
@@ -388,6 +396,8 @@ def render_event(
     recurrence: Json | None = None,
     original_start: dt.datetime | None = None,
     join_url: str | None = None,
+    is_cancelled: bool = False,
+    response: Json | None = None,
     web_link_base: str = "https://outlook.office365.com/owa/",
 ) -> Json:
     all_day = bool(props.get("isAllDay"))
@@ -416,7 +426,7 @@ def render_event(
         "importance": props.get("importance", "normal"),
         "sensitivity": props.get("sensitivity", "normal"),
         "isAllDay": all_day,
-        "isCancelled": False,
+        "isCancelled": is_cancelled,
         "isOrganizer": is_organizer,
         "responseRequested": props.get("responseRequested", True),
         "seriesMasterId": series_master_id,
@@ -429,7 +439,8 @@ def render_event(
         "allowNewTimeProposals": props.get("allowNewTimeProposals", True),
         "isDraft": props.get("isDraft", False),
         "hideAttendees": props.get("hideAttendees", False),
-        "responseStatus": {"response": "organizer" if is_organizer else "none", "time": ZERO_TIME},
+        "responseStatus": copy.deepcopy(response)
+        or {"response": "organizer" if is_organizer else "none", "time": ZERO_TIME},
         "body": body,
         "start": options.when(start, all_day),
         "end": options.when(end, all_day),

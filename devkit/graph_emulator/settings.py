@@ -58,6 +58,8 @@ class EmulatorSettings:
     auto_create_mailboxes: bool = True
     tenant_id: str = "72f988bf-86f1-41af-91ab-2d7cd011db47"
     teams_block_in_body: bool = True
+    # Meetings: an event's attendees that are mailboxes here get a copy in their calendar (invitations.py).
+    deliver_invitations: bool = True
     request_log_size: int = 100_000
 
 

@@ -92,6 +92,17 @@ class Store:
         with self._lock:
             return self._by_id.get(key) or self._by_upn.get(key)
 
+    def find_address(self, address: str) -> Mailbox | None:
+        """The mailbox an email address reaches: its UPN or its mail, in any case."""
+        key = address.strip().lower()
+        if not key:
+            return None
+        with self._lock:
+            found = self._by_upn.get(key)
+            if found is None:
+                found = next((m for m in self._by_id.values() if m.owner.address.lower() == key), None)
+            return found
+
     def get(self, id_or_upn: str) -> Mailbox:
         mailbox = self.find(id_or_upn)
         if mailbox is None:

@@ -135,3 +135,39 @@ def test_reassigning_an_activity_moves_it_from_the_old_owners_calendar_to_the_ne
     assert [a["crmId"] for a in stack.crm_activities(new_owner) if a["subject"] == "Handover"] == [
         created["crmId"]
     ]
+
+
+def test_one_meeting_in_two_connected_calendars_is_one_crm_activity(stack: SyncStack) -> None:
+    organizer, attendee = stack.connected_user("alice"), stack.connected_user("carol")
+    start, end = slot(7, 11)
+    carol = stack.world.users["carol"]
+    meeting = stack.outlook_create(
+        organizer,
+        timed_event(
+            "Joint planning",
+            start,
+            end,
+            attendees=[{"emailAddress": {"address": carol.upn, "name": "Carol"}, "type": "required"}],
+        ),
+    )
+    # Exchange puts the meeting in Carol's calendar too (same iCalUId); both users' runs see it.
+    copy = wait_until(lambda: only_event(stack, attendee, "Joint planning"), what="the attendee's copy")
+    assert copy["iCalUId"] == meeting["iCalUId"]
+
+    activity = wait_until(
+        lambda: only_activity(stack, organizer, "Joint planning"), timeout=30, what="the activity"
+    )
+    stack.settle()
+    everyone = [a for user in (organizer, attendee) for a in stack.crm_activities(user)]
+    assert [a["crmId"] for a in everyone if a["subject"] == "Joint planning"] == [activity["crmId"]]
+    # Both calendars are linked to that one activity; the attendee's link only observes it.
+    own = stack.storage.links.get_by_crm_id(organizer, activity["crmId"])
+    observed = stack.storage.links.get_by_crm_id(attendee, activity["crmId"])
+    assert own is not None and own.value.crm_owner_id is None
+    assert observed is not None and observed.value.crm_owner_id == organizer
+
+    # The organizer's edit reaches the CRM once; the attendee's copy changing with it writes nothing more.
+    stack.outlook_update(organizer, meeting["id"], {"subject": "Joint planning (v2)"})
+    wait_until(lambda: only_activity(stack, organizer, "Joint planning (v2)"), what="the renamed activity")
+    stack.settle()
+    assert len([a for a in stack.world.crm.activities() if a["subject"].startswith("Joint planning")]) == 1

@@ -163,8 +163,10 @@ def test_one_meeting_in_two_connected_calendars_is_one_crm_activity(stack: SyncS
     # Both calendars are linked to that one activity; the attendee's link only observes it.
     own = stack.storage.links.get_by_crm_id(organizer, activity["crmId"])
     observed = stack.storage.links.get_by_crm_id(attendee, activity["crmId"])
-    assert own is not None and own.value.crm_owner_id is None
-    assert observed is not None and observed.value.crm_owner_id == organizer
+    assert own is not None
+    assert own.value.crm_owner_id is None
+    assert observed is not None
+    assert observed.value.crm_owner_id == organizer
 
     # The organizer's edit reaches the CRM once; the attendee's copy changing with it writes nothing more.
     stack.outlook_update(organizer, meeting["id"], {"subject": "Joint planning (v2)"})

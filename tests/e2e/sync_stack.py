@@ -209,7 +209,7 @@ class SyncStack:
         user_id: str,
         start: Callable[[], object],
         *,
-        hold: float = 1.5,
+        hold: float = 1.2,
         at: tuple[str, str] = ("GET", "/calendarView/delta"),
     ) -> Iterator[None]:
         """``start`` a sync run of ``user_id`` (a change that wakes it) and hold the run for ``hold`` seconds

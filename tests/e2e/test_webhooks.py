@@ -373,8 +373,9 @@ def test_the_renewal_timer_recreates_a_missing_subscription_and_the_sweep_queues
 
     # Gina's last good sync is long ago, Alice has a CRM change waiting: the sweep queues both, and only them.
     stack.settle()
+    long_ago = datetime(2020, 1, 1, tzinfo=UTC)
     stack.storage.connections.update(
-        user_id, lambda current: replace(current, last_good_sync_at=datetime(2020, 1, 1, tzinfo=UTC))
+        user_id, lambda current: None if current is None else replace(current, last_good_sync_at=long_ago)
     )
     stack.storage.outbox.put(
         OutboxEntry("usr-alice", "act-swept", OutboxOperation.DELETE, None, "v1", datetime.now(UTC))

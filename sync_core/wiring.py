@@ -225,6 +225,8 @@ class Container:
     def close(self) -> None:
         if "_fan_out" in self.__dict__:
             self._fan_out.shutdown(wait=True)
+        if "reconciler" in self.__dict__:
+            self.reconciler.close()
         for session in self._sessions.values():
             session.close()
         if "tables" in self.__dict__:

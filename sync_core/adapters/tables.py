@@ -1483,14 +1483,28 @@ class ItemIndexStore:
         except ConflictError:
             return None
 
-    def settle_meeting(self, ical_uid: str, user_id: str, crm_id: str, now: datetime) -> None:
-        """Record that ``user_id``'s link holds the meeting's activity ``crm_id`` (claimed if unclaimed)."""
-        claim = self.claim_meeting(ical_uid, user_id, now)
-        if claim.value.owner != user_id or claim.value.crm_id == crm_id:
+    def settle_meeting(
+        self,
+        ical_uid: str,
+        user_id: str,
+        crm_id: str,
+        now: datetime,
+        claimed: Versioned[MeetingClaim] | None = None,
+    ) -> None:
+        """Record that ``user_id``'s link holds the meeting's activity ``crm_id``. ``claimed``: the claim this
+        run made (one write); otherwise the meeting is claimed with the activity in one go when unclaimed."""
+        settled = MeetingClaim(user_id, crm_id, now)
+        if claimed is None:
+            try:
+                self._table.create(_claim_entity(ical_uid, settled))
+                return
+            except ConflictError:
+                claimed = self.meeting(ical_uid)
+        if claimed is None or claimed.value.owner != user_id or claimed.value.crm_id == crm_id:
             return
-        settled = MeetingClaim(user_id, crm_id, claim.value.claimed_at)
+        settled = MeetingClaim(user_id, crm_id, claimed.value.claimed_at)
         with contextlib.suppress(ConflictError):
-            self._table.replace(_claim_entity(ical_uid, settled), claim.etag)
+            self._table.replace(_claim_entity(ical_uid, settled), claimed.etag)
 
     def holders(self, crm_id: str) -> list[str]:
         rows = self._table.query(_IN_PARTITION, {"pk": _key("a|", crm_id)}, select=(_RK,))

@@ -33,14 +33,16 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sync_core.adapters.tables import LinkWrite, TableStorage
+from sync_core.adapters.tables import LinkStore, LinkWrite, MeetingClaim, TableStorage
 from sync_core.config import SyncPolicy
 from sync_core.domain.actions import (
     Action,
@@ -80,6 +82,7 @@ from sync_core.domain.state import (
     ConnectionState,
     Cursor,
     ErrorRecord,
+    Lease,
     Link,
     OutboxEntry,
     SyncLogEntry,
@@ -108,6 +111,8 @@ _SYNCING = frozenset({ConnectionState.CONNECTED, ConnectionState.ERROR})
 # A run repeats while changes keep arriving, but hands over to a new message after this many rounds, so one
 # busy user never holds a worker for long.
 MAX_ROUNDS_PER_RUN = 5
+# Items of a page written at once (Outlook allows 4 concurrent requests per app and mailbox).
+ITEM_WRITERS = 4
 # A CRM write refused with 412 (the activity changed meanwhile) is re-read and re-planned this many times.
 MAX_REPLANS = 3
 # A message that found the lease held by a run that is just ending comes back this much later.
@@ -189,6 +194,12 @@ class RunReport:
     item_errors: int = 0
     full_resyncs: int = 0
     requeued: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def count(self, name: str) -> None:
+        """One more of ``name`` (items of a page are written concurrently)."""
+        with self._lock:
+            setattr(self, name, getattr(self, name) + 1)
 
 
 class _Outcome(enum.Enum):
@@ -206,14 +217,17 @@ class _RunToken:
         self._user_id = user_id
         self._home_account_id = home_account_id
         self._token: str | None = None
+        self._lock = threading.Lock()
 
     def __call__(self) -> str:
-        if self._token is None:
-            self._token = self._tokens.access_token(self._user_id, self._home_account_id)
-        return self._token
+        with self._lock:
+            if self._token is None:
+                self._token = self._tokens.access_token(self._user_id, self._home_account_id)
+            return self._token
 
     def refresh(self) -> None:
-        self._token = self._tokens.access_token(self._user_id, self._home_account_id, force_refresh=True)
+        with self._lock:
+            self._token = self._tokens.access_token(self._user_id, self._home_account_id, force_refresh=True)
 
 
 @dataclass(frozen=True)
@@ -222,6 +236,58 @@ class _Known:
 
     links: Mapping[str, Versioned[Link]]
     other_links: Mapping[tuple[str, str], Versioned[Link]] = field(default_factory=dict)
+
+
+class _LinkCache:
+    """The user's links for one round, by Graph id and by CRM id: each read once, kept up to date with what
+    the round writes. A full round (no deltaLink: the first sync, or after the token expired) reads them all
+    with one query instead of one point read per event."""
+
+    def __init__(self, store: LinkStore, user_id: str) -> None:
+        self._store = store
+        self._user_id = user_id
+        self._by_graph: dict[str, Versioned[Link] | None] = {}
+        self._by_crm: dict[str, Versioned[Link] | None] = {}
+        self._complete = False
+        self._lock = threading.Lock()
+
+    def load_all(self) -> None:
+        with self._lock:
+            for link in self._store.list_for_user(self._user_id):
+                self._by_graph[link.value.graph_id] = link
+                self._by_crm[link.value.crm_id] = link
+            self._complete = True
+
+    def by_graph_id(self, graph_id: str) -> Versioned[Link] | None:
+        with self._lock:
+            if graph_id in self._by_graph or self._complete:
+                return self._by_graph.get(graph_id)
+        found = self._store.get_by_graph_id(self._user_id, graph_id)
+        with self._lock:
+            self._by_graph[graph_id] = found
+            if found is not None:
+                self._by_crm[found.value.crm_id] = found
+        return found
+
+    def by_crm_id(self, crm_id: str) -> Versioned[Link] | None:
+        with self._lock:
+            if crm_id in self._by_crm or self._complete:
+                return self._by_crm.get(crm_id)
+        found = self._store.get_by_crm_id(self._user_id, crm_id)
+        with self._lock:
+            self._by_crm[crm_id] = found
+            if found is not None:
+                self._by_graph[found.value.graph_id] = found
+        return found
+
+    def written(self, saved: Sequence[Versioned[Link]], dropped: Sequence[Versioned[Link]]) -> None:
+        with self._lock:
+            for link in dropped:
+                self._by_graph[link.value.graph_id] = None
+                self._by_crm[link.value.crm_id] = None
+            for link in saved:
+                self._by_graph[link.value.graph_id] = link
+                self._by_crm[link.value.crm_id] = link
 
 
 @dataclass
@@ -238,6 +304,14 @@ class _Round:
     events: list[ConnectionEvent] = field(default_factory=list)
     last_item_error: ErrorRecord | None = None
     linked_count: int | None = None
+    links: _LinkCache | None = None
+    lease: Versioned[Lease] | None = None
+    claims: dict[str, Versioned[MeetingClaim]] = field(default_factory=dict)  # meetings this round claimed
+
+    @property
+    def cache(self) -> _LinkCache:
+        assert self.links is not None
+        return self.links
 
 
 class Reconciler:
@@ -267,6 +341,11 @@ class Reconciler:
         self._lease_duration = timedelta(seconds=lease_seconds)
         self._clock = clock
         self._holder = holder or f"run-{uuid.uuid4().hex[:12]}"
+        # Items of one page are written concurrently, within Outlook's 4 concurrent requests per mailbox.
+        self._pool = ThreadPoolExecutor(ITEM_WRITERS, thread_name_prefix="reconcile")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
 
     # --- the run -------------------------------------------------------------------------------------------
 
@@ -301,7 +380,7 @@ class Reconciler:
                     break
                 report.ran = True
                 report.rounds += 1
-                self._round(connection.value, report)
+                lease = self._round(connection.value, report, lease)
                 if not connections.is_dirty(user_id):
                     break
                 lease = leases.renew(lease, self._clock(), self._lease_duration)
@@ -330,7 +409,7 @@ class Reconciler:
         )
         return report
 
-    def _round(self, connection: Connection, report: RunReport) -> None:
+    def _round(self, connection: Connection, report: RunReport, lease: Versioned[Lease]) -> Versioned[Lease]:
         user_id = connection.user_id
         now = self._clock()
         outbox = {entry.value.crm_id: entry for entry in self._storage.outbox.list_for_user(user_id)}
@@ -341,6 +420,8 @@ class Reconciler:
             now=now,
             outbox=outbox,
             crm_changes={},
+            links=_LinkCache(self._storage.links, user_id),
+            lease=lease,
         )
         for crm_id, entry in outbox.items():
             try:
@@ -355,13 +436,14 @@ class Reconciler:
             self._delta_round(state, report)
         except MassDeletionError as error:
             self._mass_deletion_stop(state, error)
-            return
         except (TokenRevokedError, TokenCacheUnreadableError):
             # The grant stopped working: the access check records reconnect_required and tells the CRM, once.
             self._access.check_access(user_id)
             self._flush_log(state)
-            return
-        self._finish(state)
+        else:
+            self._finish(state)
+        assert state.lease is not None
+        return state.lease
 
     # --- gather and plan, page by page ---------------------------------------------------------------------
 
@@ -369,6 +451,8 @@ class Reconciler:
         user_id = state.connection.user_id
         cursor = self._storage.cursors.get(user_id, EVENTS)
         url = cursor.value.delta_link if cursor is not None else self._full_round_url(state.now)
+        if cursor is None:
+            state.cache.load_all()
         try:
             delta_link = self._pages(state, report, url)
         except DeltaExpiredError:
@@ -379,6 +463,7 @@ class Reconciler:
             if cursor is not None:
                 self._storage.cursors.delete(user_id, EVENTS)
                 cursor = None
+            state.cache.load_all()
             delta_link = self._pages(state, report, self._full_round_url(state.now))
         # The changes no page held an item of (the common case: creates and edits of unchanged events).
         if state.crm_changes:
@@ -404,6 +489,10 @@ class Reconciler:
         """Plan and apply every page of the round from ``url``; the deltaLink to save."""
         for page in self._graph.delta_pages(state.token, url):
             report.pages += 1
+            if report.pages > 1:
+                # A long round keeps its lease (and its exclusivity) page by page.
+                assert state.lease is not None
+                state.lease = self._storage.leases.renew(state.lease, self._clock(), self._lease_duration)
             changes = self._graph_changes(state, page)
             report.graph_changes += len(changes)
             if changes:
@@ -426,7 +515,7 @@ class Reconciler:
                     )
                 continue
             assert isinstance(item, Removed)
-            if self._storage.links.get_by_graph_id(state.connection.user_id, item.id) is None:
+            if state.cache.by_graph_id(item.id) is None:
                 continue  # never synced: nothing to delete
             try:
                 changes[item.id] = GraphUpsert(self._graph.get_event(state.token, item.id))
@@ -441,7 +530,7 @@ class Reconciler:
         taken: list[CrmChange] = []
         for change in graph_changes:
             graph_id = change.event.id if isinstance(change, GraphUpsert) else change.graph_id
-            link = self._storage.links.get_by_graph_id(state.connection.user_id, graph_id)
+            link = state.cache.by_graph_id(graph_id)
             if link is not None and link.value.crm_id in state.crm_changes:
                 taken.append(state.crm_changes.pop(link.value.crm_id))
         return taken
@@ -454,7 +543,7 @@ class Reconciler:
         crm_changes: Sequence[CrmChange],
     ) -> None:
         user_id = state.connection.user_id
-        links = self._links_for(user_id, graph_changes, crm_changes)
+        links = self._links_for(state, graph_changes, crm_changes)
         emails = emails_to_look_up(graph_changes)
         people = self._crm.people(emails) if emails else PeopleDirectory()
         other_links = self._other_users_links(user_id, crm_changes, links)
@@ -527,18 +616,18 @@ class Reconciler:
         return plan_sync(replace(request, linked_count=state.linked_count))
 
     def _links_for(
-        self, user_id: str, graph_changes: Sequence[GraphChange], crm_changes: Sequence[CrmChange]
+        self, state: _Round, graph_changes: Sequence[GraphChange], crm_changes: Sequence[CrmChange]
     ) -> dict[str, Versioned[Link]]:
         """The stored links of every item named, by CRM id."""
         found: dict[str, Versioned[Link]] = {}
         for change in graph_changes:
             graph_id = change.event.id if isinstance(change, GraphUpsert) else change.graph_id
-            link = self._storage.links.get_by_graph_id(user_id, graph_id)
+            link = state.cache.by_graph_id(graph_id)
             if link is not None:
                 found[link.value.crm_id] = link
         for crm_change in crm_changes:
             if crm_change.crm_id not in found:
-                link = self._storage.links.get_by_crm_id(user_id, crm_change.crm_id)
+                link = state.cache.by_crm_id(crm_change.crm_id)
                 if link is not None:
                     found[link.value.crm_id] = link
         return found
@@ -567,8 +656,12 @@ class Reconciler:
         saves: list[LinkWrite] = []
         drops: list[Versioned[Link]] = []
         others_dropped: list[Versioned[Link]] = []
-        for item_actions in by_item.values():
-            outcome = self._apply_item(state, report, item_actions, events)
+        items = list(by_item.values())
+        if len(items) > 1:
+            outcomes = list(self._pool.map(lambda item: self._apply_item(state, report, item, events), items))
+        else:
+            outcomes = [self._apply_item(state, report, item, events) for item in items]
+        for item_actions, outcome in zip(items, outcomes, strict=True):
             if outcome is _Outcome.REPLAN:
                 self._replan_item(state, report, item_actions, request, replans)
                 continue
@@ -591,7 +684,7 @@ class Reconciler:
                 elif isinstance(action, RecordConflict):
                     self._record_conflict(state, report, action)
                 elif isinstance(action, Skip) and action.reason.logged:
-                    report.skipped += 1
+                    report.count("skipped")
                     state.log_entries.append(
                         SyncLogEntry(
                             user_id=state.connection.user_id,
@@ -604,7 +697,7 @@ class Reconciler:
                         )
                     )
         if saves or drops:
-            self._storage.links.write(user_id, saves, drops)
+            state.cache.written(self._storage.links.write(user_id, saves, drops), drops)
         for other in others_dropped:
             with contextlib.suppress(ConflictError):  # changed by its own user's run meanwhile: theirs wins
                 self._storage.links.write(other.value.user_id, deletes=[other])
@@ -626,7 +719,8 @@ class Reconciler:
                 continue
             index.add_holder(link.crm_id, link.user_id)
             if link.ical_uid and link.crm_owner_id is None:
-                index.settle_meeting(link.ical_uid, link.user_id, link.crm_id, state.now)
+                claimed = state.claims.get(link.ical_uid)
+                index.settle_meeting(link.ical_uid, link.user_id, link.crm_id, state.now, claimed)
         kept = {save.link.crm_id for save in saves}
         for dropped in (*drops, *others_dropped):
             if dropped.value.crm_id not in kept or dropped.value.user_id != state.connection.user_id:
@@ -657,21 +751,21 @@ class Reconciler:
                 if isinstance(action, CreateInGraph):
                     event = self._graph.create_event(token, action.body())
                     graph_result = GraphWriteResult(event.id, event.change_key, event.ical_uid)
-                    report.writes_to_graph += 1
+                    report.count("writes_to_graph")
                 elif isinstance(action, UpdateGraph):
                     event = self._graph.update_event(token, action.graph_id, action.body())
                     graph_result = GraphWriteResult(event.id, event.change_key, event.ical_uid)
-                    report.writes_to_graph += 1
+                    report.count("writes_to_graph")
                 elif isinstance(action, DeleteInGraph):
                     self._graph.delete_event(self._token_of(state, action.user_id), action.graph_id)
-                    report.writes_to_graph += 1
+                    report.count("writes_to_graph")
                 elif isinstance(action, CreateInCrm):
                     source = events.get(action.graph_id)
                     if source is not None and source.ical_uid and not self._claim(state, source.ical_uid):
                         return _Outcome.REPLAN  # another connected user's calendar holds this meeting
                     record = self._crm.create_activity(action.body(), action.idempotency_key)
                     crm_result = CrmWriteResult(record.crm_id, record.version)
-                    report.writes_to_crm += 1
+                    report.count("writes_to_crm")
                 elif isinstance(action, UpdateCrm):
                     if_match = action.if_match
                     if if_match is None:
@@ -680,10 +774,10 @@ class Reconciler:
                         action.crm_id, action.body(), if_match, action.idempotency_key
                     )
                     crm_result = CrmWriteResult(record.crm_id, record.version)
-                    report.writes_to_crm += 1
+                    report.count("writes_to_crm")
                 elif isinstance(action, DeleteInCrm):
                     self._crm.delete_activity(action.crm_id, action.if_match, action.idempotency_key)
-                    report.writes_to_crm += 1
+                    report.count("writes_to_crm")
             except ItemGoneError:
                 if isinstance(action, UpdateCrm):
                     # case: deleted in the CRM while Outlook's edit was being copied (its push not here yet):
@@ -708,7 +802,7 @@ class Reconciler:
                         crm_id if isinstance(crm_id, str) else None,
                         graph_id=getattr(action, "graph_id", None),
                     )
-                    report.item_errors += 1
+                    report.count("item_errors")
                     return _Outcome.SKIPPED
                 raise
         return graph_result, crm_result
@@ -732,11 +826,14 @@ class Reconciler:
         while True:
             claim = index.claim_meeting(ical_uid, user_id, state.now)
             if claim.value.owner == user_id:
+                state.claims[ical_uid] = claim
                 return True
             if claim.value.crm_id is not None:
                 return False
             if self._clock() - claim.value.claimed_at > self._lease_duration:
-                if index.take_over_meeting(ical_uid, claim, user_id, self._clock()) is not None:
+                taken = index.take_over_meeting(ical_uid, claim, user_id, self._clock())
+                if taken is not None:
+                    state.claims[ical_uid] = taken
                     return True
                 continue
             if time.monotonic() > deadline:
@@ -767,7 +864,7 @@ class Reconciler:
                 for c in request.graph_changes
                 if isinstance(c, GraphUpsert) and c.event.id == create.graph_id
             ]
-            links = self._links_for(user_id, meeting, [])
+            links = self._links_for(state, meeting, [])
             replanned = replace(
                 request,
                 graph_changes=meeting,
@@ -788,7 +885,7 @@ class Reconciler:
             fresh = CrmUpsert(crm_id, record.version, record.activity)
         except ItemGoneError:
             fresh = CrmDeletion(crm_id, "")
-        links = self._links_for(user_id, [], [fresh])
+        links = self._links_for(state, [], [fresh])
         graph_ids = {link.value.graph_id for link in links.values()}
         graph_changes = [
             change
@@ -808,7 +905,7 @@ class Reconciler:
     # --- what people see -----------------------------------------------------------------------------------
 
     def _record_conflict(self, state: _Round, report: RunReport, conflict: RecordConflict) -> None:
-        report.conflicts += 1
+        report.count("conflicts")
         fields = conflict.crm_field_names
         state.log_entries.append(
             SyncLogEntry(

@@ -154,6 +154,7 @@ class Container:
             queue=_LazyQueue(self),
             queue_name=self.settings.sync_queue_name,
             clock=self.clock,
+            links=tables.links,
         )
 
     @cached_property

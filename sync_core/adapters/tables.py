@@ -1189,6 +1189,7 @@ def _link_entity(link: Link) -> Entity:
             **_large("BaseAttendees", link.base_attendees),
             "SeriesMasterId": link.series_master_id,
             "CrmOwnerId": link.crm_owner_id,
+            "CrmModifiedAt": _utc(link.crm_modified_at),
         }
     )
 
@@ -1208,6 +1209,7 @@ def _link_from(entity: TableEntity) -> Versioned[Link]:
         series_master_id=entity.get("SeriesMasterId"),
         base_attendees=_read_large_text(entity, "BaseAttendees"),
         crm_owner_id=entity.get("CrmOwnerId"),
+        crm_modified_at=_read_time(entity.get("CrmModifiedAt")),
     )
     return Versioned(link, _etag_of(entity.metadata))
 

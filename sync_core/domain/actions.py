@@ -206,6 +206,7 @@ class CrmWriteResult:
 
     crm_id: str
     version: CrmVersion
+    modified_at: datetime | None = None  # the CRM's modifiedAt after the write
 
 
 @dataclass(frozen=True)

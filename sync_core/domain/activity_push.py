@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Any
 
 from sync_core.domain.crm_mapping import crm_record_from_json
-from sync_core.domain.state import Connection, ConnectionState, OutboxEntry, OutboxOperation
+from sync_core.domain.state import Connection, ConnectionState, Link, OutboxEntry, OutboxOperation
 from sync_core.errors import InvalidRequestError
 
 # Ids (crmUserId, crmId): 1-128 characters from A-Z a-z 0-9 . _ : @ - (contract §1).
@@ -131,3 +131,13 @@ def _path_errors(user_id: str, crm_id: str) -> dict[str, str]:
     if not _ID.fullmatch(crm_id):
         errors["crmId"] = _ID_RULE
     return errors
+
+
+def older_than_synced(entry: OutboxEntry, link: Link | None) -> bool:
+    """A pushed change older than the version already synced (its link's CRM ``modifiedAt``): a late retry,
+    answered ``superseded`` and never applied. Deletions are never older."""
+    if entry.operation is not OutboxOperation.UPSERT or link is None:
+        return False
+    if entry.crm_modified_at is None or link.crm_modified_at is None:
+        return False
+    return entry.crm_modified_at < link.crm_modified_at

@@ -127,3 +127,12 @@ def emails_to_look_up(graph_changes: Iterable[GraphChange]) -> tuple[str, ...]:
                 if isinstance(email, str) and "@" in email:
                     emails.setdefault(email.strip().lower())
     return tuple(emails)
+
+
+def is_stale_push(change: CrmChange, link: Link | None) -> bool:
+    """A pushed activity older than the version its link was synced with: a late retry of a push already
+    superseded (the contract: "a retry of an older push is harmless"). Deletions are never stale."""
+    if not isinstance(change, CrmUpsert) or link is None or link.crm_modified_at is None:
+        return False
+    modified = change.activity.modified_at
+    return modified is not None and modified < link.crm_modified_at

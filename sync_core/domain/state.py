@@ -125,6 +125,9 @@ class Link:
     # (matched by iCalUId): the CRM user id of that owner. Such a link never writes or deletes in the CRM;
     # the owner's own link keeps the activity in sync. None: this user owns the activity.
     crm_owner_id: str | None = None
+    # The CRM's ``modifiedAt`` of the version this link was synced with: a push older than that (a late
+    # retry) is stale and never applied.
+    crm_modified_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,13 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sync_core.adapters.tables import ConnectionStore, OutboxStore
+from sync_core.adapters.tables import ConnectionStore, LinkStore, OutboxStore
 from sync_core.domain.activity_push import (
     PushReceipt,
+    PushStatus,
     accepts_pushes,
     delete_entry,
+    older_than_synced,
     push_status,
     upsert_entry,
 )
@@ -51,9 +53,11 @@ class ActivityPushes:
         queue: WorkQueue,
         queue_name: str,
         clock: Callable[[], datetime],
+        links: LinkStore | None = None,
     ) -> None:
         self._connections = connections
         self._outbox = outbox
+        self._links = links
         self._queue = queue
         self._queue_name = queue_name
         self._clock = clock
@@ -72,6 +76,13 @@ class ActivityPushes:
         if not accepts_pushes(None if current is None else current.value):
             log.info("activity_push: user %s is not connected; %s of %s refused", user_id, operation, crm_id)
             raise UserNotConnectedError(user_id)
+        if self._links is not None:
+            link = self._links.get_by_crm_id(user_id, crm_id)
+            if older_than_synced(entry, None if link is None else link.value):
+                log.info(
+                    "activity_push: user %s: %s of %s older than the synced one", user_id, operation, crm_id
+                )
+                return PushReceipt(crm_id, entry.crm_version, PushStatus.SUPERSEDED)
         kept = self._outbox.put(entry)
         status = push_status(entry, kept.value)
         try:

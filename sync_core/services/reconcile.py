@@ -71,6 +71,7 @@ from sync_core.domain.changes import (
     SyncRules,
     crm_change_from_outbox,
     emails_to_look_up,
+    is_stale_push,
 )
 from sync_core.domain.connection_view import ConnectionEvent, conflict_event, sync_error_event
 from sync_core.domain.crm_mapping import CrmRecord
@@ -431,6 +432,12 @@ class Reconciler:
                 self._item_error(
                     state, "crm_payload_invalid", "the pushed activity could not be read", crm_id
                 )
+        for crm_id, change in list(state.crm_changes.items()):
+            link = state.cache.by_crm_id(crm_id)
+            if is_stale_push(change, None if link is None else link.value):
+                # Handled by being ignored: its row goes with the others when the round is done.
+                log.info("reconcile: user %s: stale push of activity %s ignored", user_id, crm_id)
+                del state.crm_changes[crm_id]
         report.crm_changes += len(state.crm_changes)
         try:
             self._delta_round(state, report)
@@ -670,7 +677,9 @@ class Reconciler:
             graph_result, crm_result = outcome
             for action in item_actions:
                 if isinstance(action, SaveLink):
-                    new_link = action.to_link(graph=graph_result, crm=crm_result)
+                    new_link = self._with_crm_time(
+                        action.to_link(graph=graph_result, crm=crm_result), crm_result, request, links
+                    )
                     saves.append(LinkWrite(new_link, self._previous(links, new_link, drops)))
                 elif isinstance(action, DropLink) and action.link.user_id != user_id:
                     # The previous owner's link of a reassigned activity.
@@ -727,6 +736,23 @@ class Reconciler:
                 index.remove_holder(dropped.value.crm_id, dropped.value.user_id)
 
     @staticmethod
+    def _with_crm_time(
+        link: Link,
+        written: CrmWriteResult | None,
+        request: SyncRequest,
+        links: Mapping[str, Versioned[Link]],
+    ) -> Link:
+        """The link with the CRM modification time of the version it now holds: ours if we wrote it, the
+        push's if one was applied, else what the link had."""
+        if written is not None and written.modified_at is not None:
+            return replace(link, crm_modified_at=written.modified_at)
+        for change in request.crm_changes:
+            if isinstance(change, CrmUpsert) and change.crm_id == link.crm_id and change.activity.modified_at:
+                return replace(link, crm_modified_at=change.activity.modified_at)
+        previous = links.get(link.crm_id)
+        return replace(link, crm_modified_at=previous.value.crm_modified_at if previous else None)
+
+    @staticmethod
     def _previous(
         links: Mapping[str, Versioned[Link]], new_link: Link, drops: list[Versioned[Link]]
     ) -> Versioned[Link] | None:
@@ -764,7 +790,7 @@ class Reconciler:
                     if source is not None and source.ical_uid and not self._claim(state, source.ical_uid):
                         return _Outcome.REPLAN  # another connected user's calendar holds this meeting
                     record = self._crm.create_activity(action.body(), action.idempotency_key)
-                    crm_result = CrmWriteResult(record.crm_id, record.version)
+                    crm_result = CrmWriteResult(record.crm_id, record.version, record.activity.modified_at)
                     report.count("writes_to_crm")
                 elif isinstance(action, UpdateCrm):
                     if_match = action.if_match
@@ -773,7 +799,7 @@ class Reconciler:
                     record = self._crm.update_activity(
                         action.crm_id, action.body(), if_match, action.idempotency_key
                     )
-                    crm_result = CrmWriteResult(record.crm_id, record.version)
+                    crm_result = CrmWriteResult(record.crm_id, record.version, record.activity.modified_at)
                     report.count("writes_to_crm")
                 elif isinstance(action, DeleteInCrm):
                     self._crm.delete_activity(action.crm_id, action.if_match, action.idempotency_key)

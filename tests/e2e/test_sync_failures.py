@@ -193,15 +193,6 @@ def test_an_older_crm_push_arriving_while_the_newer_waits_is_superseded(stack: S
     assert len(stack.outlook_events(user)) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "design gap: once a CRM change is synced the service forgets its modifiedAt (the outbox row is "
-        "deleted and the link keeps only the opaque version), so an older push arriving later (a CRM retry) "
-        "is queued, not superseded, and its older values overwrite Outlook. Fix: keep the CRM modifiedAt a "
-        "link reflects (Link + links table) and have the planner ignore pushes older than it."
-    ),
-)
 def test_an_older_crm_push_after_the_newer_was_synced_does_not_win(stack: SyncStack) -> None:
     user = stack.connect("vic") if "usr-vic" not in stack.connected else "usr-vic"
     _, v2, v3 = three_versions(stack, user, "Retry")
@@ -211,9 +202,9 @@ def test_an_older_crm_push_after_the_newer_was_synced_does_not_win(stack: SyncSt
 
     late = stack.crm_client.put_activity(user, v2)  # e.g. the CRM retrying a push that timed out
     assert late.status == 202, late.body
+    assert late.body["status"] == "superseded"
     stack.settle()
     assert stack.one_event(user, "Retry v2") is None, "the older push overwrote Outlook"
-    assert late.body["status"] == "superseded"
     assert stack.one_event(user, "Retry v3") is not None
     assert [a["subject"] for a in stack.crm_activities(user) if a["subject"].startswith("Retry")] == [
         "Retry v3"

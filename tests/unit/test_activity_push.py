@@ -14,10 +14,12 @@ from sync_core.domain.activity_push import (
     PushStatus,
     accepts_pushes,
     delete_entry,
+    older_than_synced,
     push_status,
     upsert_entry,
 )
-from sync_core.domain.state import Connection, ConnectionState, OutboxOperation
+from sync_core.domain.changes import CrmDeletion, crm_change_from_outbox, is_stale_push
+from sync_core.domain.state import Connection, ConnectionState, Link, OutboxEntry, OutboxOperation
 from sync_core.domain.sync_message import SyncMessage, SyncReason, parse_sync_message
 from sync_core.errors import InvalidRequestError
 
@@ -170,3 +172,29 @@ def test_the_crm_change_reason_travels_and_unknown_reasons_are_kept() -> None:
     assert message.body() == {"user": "usr-1", "reason": "crm_change"}
     assert parse_sync_message(json.dumps(message.body()).encode()) == message
     assert parse_sync_message(b'{"user": "usr-1", "reason": "from_the_future"}').reason == "from_the_future"
+
+
+def test_a_push_older_than_the_synced_version_is_superseded_and_never_applied() -> None:
+    synced_at = datetime(2026, 1, 2, 9, 5, tzinfo=UTC)
+    minute = timedelta(minutes=1)
+    link = Link("usr-1", "act-1", "AAMk-1", crm_version="v3", crm_modified_at=synced_at)
+    payload = json.dumps(activity())  # modifiedAt 09:00:12, before the synced 09:05
+    older = OutboxEntry(
+        "usr-1",
+        "act-1",
+        OutboxOperation.UPSERT,
+        payload,
+        "12",
+        NOW,
+        datetime(2026, 1, 2, 9, 0, 12, tzinfo=UTC),
+    )
+    newer = replace(older, crm_version="v4", crm_modified_at=synced_at + minute)
+    deletion = OutboxEntry("usr-1", "act-1", OutboxOperation.DELETE, None, "v2", NOW)
+    assert older_than_synced(older, link)
+    assert not older_than_synced(newer, link)
+    assert not older_than_synced(deletion, link)  # a deletion is never older
+    assert not older_than_synced(older, None)
+    assert not older_than_synced(older, replace(link, crm_modified_at=None))
+    # The reconciler applies the same rule to what waits in the outbox.
+    assert is_stale_push(crm_change_from_outbox(older), link)
+    assert not is_stale_push(CrmDeletion("act-1", "v2"), link)

@@ -680,6 +680,27 @@ class ConnectionStore:
                 continue
         raise ConflictError(f"connections: user {user_id} kept changing while a round started")
 
+    def end_round(self, user_id: str, change: Callable[[Connection], Connection | None]) -> bool:
+        """A round is over: record it (``change`` returns the connection to store, or None to keep it) and,
+        unless the user was marked dirty meanwhile, end the run (no run is on any more) in the same write.
+        Returns whether the user is dirty (the caller then runs another round). One read, one write."""
+        for _attempt in range(_MAX_ATTEMPTS):
+            current = self.get(user_id)
+            if current is None:
+                return False
+            updated = change(current.value) or current.value
+            dirty = current.value.dirty
+            if not dirty:
+                updated = replace(updated, running_until=_NO_RUN)
+            if updated == current.value:
+                return dirty
+            try:
+                self.put(updated, etag=current.etag)
+            except ConflictError:
+                continue
+            return dirty
+        raise ConflictError(f"connections: user {user_id} kept changing while its round ended")
+
     def end_run(self, user_id: str) -> bool:
         """The run is over (called before the lease is let go): no run is on any more. Returns whether the
         user is dirty now."""
@@ -1565,6 +1586,10 @@ class LeaseStore:
         """
         lease = Lease(user_id=user_id, holder=holder, expires_at=now + duration)
         entity = _lease_entity(lease)
+        try:
+            return Versioned(lease, self._table.create(entity))  # the common case: nobody holds it
+        except ConflictError:
+            pass
         current = self.get(user_id)
         if current is None:
             try:

@@ -4,8 +4,13 @@
 collected and raised as one ``InvalidRequestError`` whose ``field_errors`` map a contract field path
 (``attendees.2.email``, ``recurrence.pattern.daysOfWeek``, ``(body)``) to a message. Shapes, types, enums
 and unknown fields are checked by strict pydantic models; the rules between fields (times, zones, unique
-emails, what recurrence needs) by ``_rule_errors``. References (does this contact exist?) are the CRM's to
-check; nothing here does I/O.
+emails, what recurrence needs) by ``_rule_errors``; once the Activity is built, every override's and
+cancellation's ``originalStart`` must be an occurrence of the series (``_occurrence_errors``). References
+(does this contact exist?) are the CRM's to check; nothing here does I/O.
+
+Series (docs/crm-contract.md §2): ``recurrence`` ⇄ ``Activity.recurrence``, ``occurrenceOverrides`` ⇄
+``occurrence_overrides``, ``cancelledOccurrences`` ⇄ ``cancelled_occurrences``. Instants are written in the
+activity's ``timeZone`` (``2026-01-12T10:00:00+01:00``), whatever zone they were read in.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from sync_core.domain.model import (
     normalize_description,
 )
 from sync_core.domain.model import Field as SyncField
+from sync_core.domain.recurrence import is_occurrence
 from sync_core.domain.timezones import zone
 from sync_core.errors import InvalidRequestError
 
@@ -188,7 +194,11 @@ def crm_record_from_json(body: object) -> CrmRecord:
     errors = _rule_errors(pushed)
     if errors:
         raise InvalidRequestError("the activity is invalid", errors)
-    return CrmRecord(pushed.crm_id, pushed.version, _activity(pushed))
+    activity = _activity(pushed)
+    errors = _occurrence_errors(pushed, activity)
+    if errors:
+        raise InvalidRequestError("the activity is invalid", errors)
+    return CrmRecord(pushed.crm_id, pushed.version, activity)
 
 
 def activity_from_crm(body: object) -> Activity:
@@ -289,9 +299,17 @@ def _recurrence_errors(pushed: _PushedActivity) -> dict[str, str]:
     for name in needs.get(pattern.type, ()):
         if getattr(pattern, name) in (None, []):
             errors[f"recurrence.pattern.{to_camel(name)}"] = f"is required for {pattern.type} recurrence"
+    if len(set(pattern.days_of_week)) != len(pattern.days_of_week):
+        errors["recurrence.pattern.daysOfWeek"] = "must not name a day twice"
+    if span.recurrence_time_zone is not None and not _is_time_zone(span.recurrence_time_zone):
+        errors["recurrence.range.recurrenceTimeZone"] = "must be an IANA time zone name"
     start_date = _parse_date(span.start_date)
     if start_date is None:
         errors["recurrence.range.startDate"] = "must be a date (YYYY-MM-DD)"
+    elif not _starts_on(pushed, start_date):
+        errors["recurrence.range.startDate"] = (
+            "must be the date the activity starts (in the series' time zone)"
+        )
     end_date = _parse_date(span.end_date) if span.end_date is not None else None
     if span.end_date is not None and end_date is None:
         errors["recurrence.range.endDate"] = "must be a date (YYYY-MM-DD)"
@@ -302,28 +320,82 @@ def _recurrence_errors(pushed: _PushedActivity) -> dict[str, str]:
             errors["recurrence.range.endDate"] = "must not be before startDate"
     if span.type == "numbered" and span.number_of_occurrences is None:
         errors["recurrence.range.numberOfOccurrences"] = "is required for a numbered range"
-    if span.recurrence_time_zone is not None and not _is_time_zone(span.recurrence_time_zone):
-        errors["recurrence.range.recurrenceTimeZone"] = "must be an IANA time zone name"
+    errors.update(_occurrence_list_errors(pushed))
+    return errors
+
+
+def _occurrence_list_errors(pushed: _PushedActivity) -> dict[str, str]:
+    errors: dict[str, str] = {}
     parse = _parse_date if pushed.is_all_day else _parse_date_time
     expected = "a date (YYYY-MM-DD)" if pushed.is_all_day else "an RFC 3339 date-time with offset"
-    originals: set[str] = set()
+    originals: set[date] = set()  # parsed, so one instant written with two offsets is one original start
     for index, override in enumerate(pushed.occurrence_overrides):
         path = f"occurrenceOverrides.{index}"
-        if parse(override.original_start) is None:
+        original = parse(override.original_start)
+        if original is None:
             errors[f"{path}.originalStart"] = f"must be {expected}"
-        elif override.original_start in originals:
+        elif original in originals:
             errors[f"{path}.originalStart"] = "appears twice"
-        originals.add(override.original_start)
+        else:
+            originals.add(original)
         if (override.start is None) != (override.end is None):
             errors[f"{path}.start"] = "start and end come together"
-        for name, text in (("start", override.start), ("end", override.end)):
-            if text is not None and parse(text) is None:
+        moved = [parse(text) if text is not None else None for text in (override.start, override.end)]
+        for name, text, parsed in (("start", override.start, moved[0]), ("end", override.end, moved[1])):
+            if text is not None and parsed is None:
                 errors[f"{path}.{name}"] = f"must be {expected}"
+        errors.update(_moved_errors(moved[0], moved[1], f"{path}.end", all_day=pushed.is_all_day))
         if override.attendees is not None:
             errors.update(_attendee_errors(override.attendees, f"{path}.attendees"))
-    for index, original in enumerate(pushed.cancelled_occurrences):
-        if parse(original) is None:
+    cancelled: set[date] = set()
+    for index, text in enumerate(pushed.cancelled_occurrences):
+        moment = parse(text)
+        if moment is None:
             errors[f"cancelledOccurrences.{index}"] = f"must be {expected}"
+        elif moment in cancelled:
+            errors[f"cancelledOccurrences.{index}"] = "appears twice"
+        elif moment in originals:
+            errors[f"cancelledOccurrences.{index}"] = "is also in occurrenceOverrides"
+        if moment is not None:
+            cancelled.add(moment)
+    return errors
+
+
+def _moved_errors(start: date | None, end: date | None, path: str, *, all_day: bool) -> dict[str, str]:
+    if start is None or end is None:
+        return {}
+    if all_day and end <= start:
+        return {path: "must be after start (the end date is exclusive)"}
+    if not all_day and end < start:
+        return {path: "must not be before start"}
+    return {}
+
+
+def _starts_on(pushed: _PushedActivity, start_date: date) -> bool:
+    """Whether the activity starts on ``start_date`` in the series' zone (Graph refuses a series whose
+    ``range.startDate`` is not the date of its start)."""
+    assert pushed.recurrence is not None
+    if pushed.is_all_day:
+        return _parse_date(pushed.start) in (None, start_date)
+    start_at = _parse_date_time(pushed.start)
+    zone_name = pushed.recurrence.range.recurrence_time_zone or pushed.time_zone
+    if start_at is None or zone_name is None or not _is_time_zone(zone_name):
+        return True  # the start or the zone has its own error
+    return start_at.astimezone(zone(zone_name)).date() == start_date
+
+
+def _occurrence_errors(pushed: _PushedActivity, activity: Activity) -> dict[str, str]:
+    """Every original start must be an occurrence of the series (checked against the built Activity, so by
+    the rules the sync expands with; indexes are the pushed lists')."""
+    errors: dict[str, str] = {}
+    if activity.recurrence is None:
+        return errors
+    for index, override in enumerate(pushed.occurrence_overrides):
+        if is_occurrence(activity, _moment(override.original_start, pushed.is_all_day)) is False:
+            errors[f"occurrenceOverrides.{index}.originalStart"] = "is not an occurrence of the series"
+    for index, text in enumerate(pushed.cancelled_occurrences):
+        if is_occurrence(activity, _moment(text, pushed.is_all_day)) is False:
+            errors[f"cancelledOccurrences.{index}"] = "is not an occurrence of the series"
     return errors
 
 
@@ -428,8 +500,9 @@ def _recurrence(recurrence: _Recurrence) -> Recurrence:
         RecurrenceRange(
             type=RangeType(span.type),
             start_date=start_date,
-            end_date=_parse_date(span.end_date),
-            number_of_occurrences=span.number_of_occurrences,
+            # A value the range type does not use is ignored, as Graph ignores it.
+            end_date=_parse_date(span.end_date) if span.type == "endDate" else None,
+            number_of_occurrences=span.number_of_occurrences if span.type == "numbered" else None,
             recurrence_time_zone=span.recurrence_time_zone,
         ),
     )
@@ -462,11 +535,13 @@ def crm_activity_json(activity: Activity, *, fields: Collection[SyncField] | Non
     PATCH semantics are the contract's: each top-level key sent replaces the stored value wholesale, so a
     field is always sent whole (all of ``start``, ``end``, ``timeZone``, ``isAllDay`` for ``START_END``;
     the full attendee list). ``type`` and ``ownerCrmUserId`` are sent only on create (the type never
-    changes after creation; owners change in the CRM). The reserved recurrence fields are sent only for an
-    activity that has a recurrence, which the planner never does until series sync ships.
+    changes after creation; owners change in the CRM). A create sends the series fields only for a series;
+    a PATCH sends them when ``fields`` names them (``recurrence: null`` and empty lists for a single item).
     """
     values = _crm_values(activity)
     if fields is not None:
+        if any(field_.series_only for field_ in fields):
+            values.update(_crm_series_values(activity))
         return {key: values[key] for field_ in fields for key in field_.crm_keys}
     if activity.owner_crm_user_id is None or activity.activity_type is None:
         raise ValueError("a CRM create needs the owner and the activity type")
@@ -481,7 +556,7 @@ def crm_activity_json(activity: Activity, *, fields: Collection[SyncField] | Non
         },
     }
     if activity.recurrence is not None:
-        body.update(_crm_recurrence_values(activity))
+        body.update(_crm_series_values(activity))
     return body
 
 
@@ -535,12 +610,17 @@ def _crm_attendee(attendee: Attendee) -> Json:
     }
 
 
-def _crm_recurrence_values(activity: Activity) -> Json:
-    assert activity.recurrence is not None
+def _crm_series_values(activity: Activity) -> Json:
+    if activity.recurrence is None:
+        return {"recurrence": None, "occurrenceOverrides": [], "cancelledOccurrences": []}
     pattern, span = activity.recurrence.pattern, activity.recurrence.range
+    when = activity.when
+    event_zone = zone(when.time_zone) if isinstance(when, Timed) else None
 
     def moment(value: datetime | date) -> str:
-        return _rfc3339(value) if isinstance(value, datetime) else value.isoformat()
+        if not isinstance(value, datetime):
+            return value.isoformat()
+        return _rfc3339(value.astimezone(event_zone) if event_zone is not None else value)
 
     return {
         "recurrence": {

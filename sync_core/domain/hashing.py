@@ -14,6 +14,13 @@ Descriptions count by content, not layout: blank lines and runs of blanks do not
 HTML it stores back to text with its own paragraph spacing). The base of an M365-owned field (the join URL,
 the organizer) is the value the CRM was last given, so whatever Outlook holds that differs reaches the CRM.
 
+Series (``model.SERIES_FIELDS``) hash as three fields: the recurrence (pattern and range as they decide the
+occurrences, and the series' zone by its offsets, as above), the overrides (each only by what it changes
+against the series: an override that repeats the series' subject or times changes nothing) and the
+cancellations. They are not in ``HASHED_FIELDS`` yet: the merge of single items stays as it is until series
+sync is wired in, which merges them with ``series_hashes`` (over ``series.within`` the window both sides
+were read in, since Outlook lists a series' instances only within a window).
+
 Attendees are not hashed but kept as lists (``AttendeeBase``): the merge works attendee by attendee, which
 needs the lists themselves (who did the CRM withhold, who did Outlook add).
 
@@ -26,13 +33,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
 
 from sync_core.domain.model import (
+    SERIES_FIELDS,
     Activity,
     AllDay,
     Attendee,
@@ -42,14 +49,18 @@ from sync_core.domain.model import (
     Field,
     Side,
     Timed,
+    canonical_description,
 )
+from sync_core.domain.series_values import canonical_cancellations, canonical_overrides, canonical_recurrence
 from sync_core.domain.state import Link
 from sync_core.domain.timezones import zone
 
 JsonValue = None | bool | int | str | list["JsonValue"] | dict[str, "JsonValue"]
 
-_BLANKS = re.compile(r"[ \t]+")
-HASHED_FIELDS: tuple[Field, ...] = tuple(f for f in Field if f is not Field.ATTENDEES)
+# The fields the merge of every item hashes: all but the attendees (merged as lists) and the series fields.
+HASHED_FIELDS: tuple[Field, ...] = tuple(
+    f for f in Field if f is not Field.ATTENDEES and f not in SERIES_FIELDS
+)
 
 
 def canonical_value(field_: Field, activity: Activity) -> JsonValue:
@@ -57,10 +68,7 @@ def canonical_value(field_: Field, activity: Activity) -> JsonValue:
     if field_ is Field.SUBJECT:
         return activity.subject.strip()
     if field_ is Field.DESCRIPTION:
-        # Content, not layout: Outlook's text rendering of the HTML it stores may space paragraphs and
-        # runs of blanks differently from what we wrote, so blank lines and repeated blanks do not count.
-        lines = (_BLANKS.sub(" ", line).strip() for line in (activity.description or "").split("\n"))
-        return "\n".join(line for line in lines if line)
+        return canonical_description(activity.description)
     if field_ is Field.START_END:
         return _canonical_when(activity)
     if field_ is Field.LOCATION:
@@ -73,6 +81,12 @@ def canonical_value(field_: Field, activity: Activity) -> JsonValue:
         return activity.join_url or ""
     if field_ is Field.ORGANIZER:
         return activity.organizer.email if activity.organizer is not None else ""
+    if field_ is Field.RECURRENCE:
+        return canonical_recurrence(activity)
+    if field_ is Field.OCCURRENCE_OVERRIDES:
+        return canonical_overrides(activity)
+    if field_ is Field.CANCELLED_OCCURRENCES:
+        return canonical_cancellations(activity)
     return [[attendee.email, attendee.type.value] for attendee in sorted_attendees(activity.attendees)]
 
 
@@ -151,6 +165,11 @@ class Base:
             for field_ in HASHED_FIELDS
             if side is Side.M365 or not field_.m365_owned
         }
+
+    @staticmethod
+    def series_hashes(side: Side, activity: Activity) -> dict[tuple[Side, Field], str]:
+        """The hashes of the series fields (``model.SERIES_FIELDS``) ``side`` holds: for series sync."""
+        return {(side, field_): field_hash(field_, activity) for field_ in SERIES_FIELDS}
 
     @classmethod
     def of_synced(cls, crm: Activity, m365: Activity) -> Base:

@@ -73,6 +73,7 @@ __all__ = [
     "crm_record_from_json",
     "graph_event_body",
     "graph_fields_present",
+    "graph_recurrence",
     "html_to_text",
     "may_invite",
     "people_from_crm_json",
@@ -121,7 +122,7 @@ def activity_from_graph(event: GraphEvent | Mapping[str, Any]) -> Activity:
         join_url=_graph_join_url(raw),
         created_at=_graph_instant(raw.get("createdDateTime")),
         modified_at=parsed.last_modified,
-        recurrence=_recurrence_from_graph(parsed.recurrence, parsed.start_time_zone),
+        recurrence=_recurrence_from_graph(parsed.recurrence, _event_zone(parsed)),
     )
 
 
@@ -366,6 +367,7 @@ def graph_event_body(
     transaction_id: str | None = None,
     already_invited: Collection[str] = (),
     default_time_zone: str = "UTC",
+    ended: bool | None = None,
 ) -> Json:
     """The JSON body to create (``for_create``) or update an Outlook event from ``activity``.
 
@@ -373,7 +375,10 @@ def graph_event_body(
     ``transactionId`` that makes a retried create return the first event instead of a second one. Fields
     Graph does not let us write (``Field.m365_owned``) are never sent. With ``DescriptionPolicy.ON_CREATE``
     an update never carries the body. Attendees follow ``attendees_for_outlook``; ``already_invited`` are
-    the emails the event already has (for an update).
+    the emails the event already has (for an update). ``ended`` says whether the event is over (None:
+    ``activity.has_ended(now)``; a series is over only after its last occurrence, which
+    ``series_to_graph`` works out). The series fields are never written here: a create of a series carries
+    its ``recurrence``, everything else about series is ``series_to_graph``'s.
     """
     wanted = set(ALL_FIELDS if for_create else fields)
     body: Json = {}
@@ -395,7 +400,7 @@ def graph_event_body(
             activity.attendees,
             already_invited=() if for_create else already_invited,
             invite_crm_contacts=invite_crm_contacts,
-            ended=activity.has_ended(now),
+            ended=activity.has_ended(now) if ended is None else ended,
         )
         if attendees is not None and (attendees or not for_create):
             body["attendees"] = [_graph_attendee(attendee) for attendee in attendees]
@@ -406,7 +411,7 @@ def graph_event_body(
         if activity.is_online_meeting:
             body["onlineMeetingProvider"] = TEAMS_PROVIDER
     if for_create and activity.recurrence is not None:
-        body["recurrence"] = _graph_recurrence(activity.recurrence)
+        body["recurrence"] = graph_recurrence(activity.recurrence)
     if for_create and transaction_id is not None:
         body["transactionId"] = transaction_id
     return body
@@ -444,7 +449,8 @@ def _graph_attendee(attendee: Attendee) -> Json:
     return {"emailAddress": address, "type": attendee.type.value}
 
 
-def _graph_recurrence(recurrence: Recurrence) -> Json:
+def graph_recurrence(recurrence: Recurrence) -> Json:
+    """Graph's ``patternedRecurrence`` for ``recurrence`` (the zone as a Windows name where one exists)."""
     pattern, span = recurrence.pattern, recurrence.range
     graph_pattern: Json = {"type": pattern.type.value, "interval": pattern.interval}
     if pattern.days_of_week:

@@ -20,6 +20,12 @@ M365-owned field
 Withheld attendee
     A CRM attendee the service deliberately did not invite in Outlook (a contact while ``INVITE_CRM_CONTACTS``
     is off, or anyone added after the event ended). The CRM keeps it; Outlook never sees it.
+Series
+    An Activity with a ``recurrence``: its ``when`` is the master's (the first occurrence's times), its other
+    fields every occurrence's unless an ``OccurrenceOverride`` says otherwise for one occurrence (an
+    *exception*, in Graph's words). Overrides and ``cancelled_occurrences`` are keyed by the occurrence's
+    *original start* (``recurrence.occurrence_key``): a UTC instant for a timed series, a date for an all-day
+    one. ``recurrence.py`` expands a series, ``series.py`` reads one occurrence of it.
 
 Everything here is a frozen value: change one with ``dataclasses.replace``.
 """
@@ -96,10 +102,19 @@ class Field(enum.Enum):
     ONLINE_MEETING = "online_meeting"  # CRM requestOnlineMeeting ⇄ Outlook isOnlineMeeting
     JOIN_URL = "join_url"  # M365-owned: the Teams join URL, back to the CRM
     ORGANIZER = "organizer"  # M365-owned: who organises a meeting the user was invited to
+    # Series only: hashed by ``hashing`` but not merged yet (``hashing.HASHED_FIELDS`` leaves them out).
+    RECURRENCE = "recurrence"  # pattern, range and the series' zone
+    OCCURRENCE_OVERRIDES = "occurrence_overrides"  # the changed occurrences (written to Outlook per instance)
+    CANCELLED_OCCURRENCES = "cancelled_occurrences"  # the cancelled ones (deleted in Outlook per instance)
 
     @property
     def m365_owned(self) -> bool:
         return self in (Field.JOIN_URL, Field.ORGANIZER)
+
+    @property
+    def series_only(self) -> bool:
+        """A field only a series has (a single item's value is always empty)."""
+        return self in SERIES_FIELDS
 
     @property
     def crm_keys(self) -> tuple[str, ...]:
@@ -122,6 +137,9 @@ _CRM_KEYS: Mapping[Field, tuple[str, ...]] = MappingProxyType(
         Field.ONLINE_MEETING: ("requestOnlineMeeting",),
         Field.JOIN_URL: ("onlineMeeting",),
         Field.ORGANIZER: ("organizer",),
+        Field.RECURRENCE: ("recurrence",),
+        Field.OCCURRENCE_OVERRIDES: ("occurrenceOverrides",),
+        Field.CANCELLED_OCCURRENCES: ("cancelledOccurrences",),
     }
 )
 _GRAPH_KEYS: Mapping[Field, tuple[str, ...]] = MappingProxyType(
@@ -135,9 +153,14 @@ _GRAPH_KEYS: Mapping[Field, tuple[str, ...]] = MappingProxyType(
         Field.ONLINE_MEETING: ("isOnlineMeeting", "onlineMeetingProvider"),
         Field.JOIN_URL: (),
         Field.ORGANIZER: (),
+        Field.RECURRENCE: ("recurrence",),
+        # Not master properties: ``series_to_graph`` writes them as PATCH / DELETE of single instances.
+        Field.OCCURRENCE_OVERRIDES: (),
+        Field.CANCELLED_OCCURRENCES: (),
     }
 )
 ALL_FIELDS: tuple[Field, ...] = tuple(Field)
+SERIES_FIELDS: tuple[Field, ...] = (Field.RECURRENCE, Field.OCCURRENCE_OVERRIDES, Field.CANCELLED_OCCURRENCES)
 
 
 @dataclass(frozen=True)
@@ -201,7 +224,11 @@ When = Timed | AllDay
 
 @dataclass(frozen=True)
 class RecurrencePattern:
-    """The contract's pattern: Graph's ``recurrencePattern`` with ``None`` where Graph writes 0."""
+    """The contract's pattern: Graph's ``recurrencePattern`` with ``None`` where Graph writes 0.
+
+    Day names are Graph's, lower-case (``recurrence.DAYS_OF_WEEK``); ``index`` is one of
+    ``recurrence.WEEK_INDEXES``. Properties the type does not use are kept as given and ignored by the
+    expansion and the hash (Graph, too, returns every property whatever the type)."""
 
     type: PatternType
     interval: int
@@ -214,6 +241,10 @@ class RecurrencePattern:
 
 @dataclass(frozen=True)
 class RecurrenceRange:
+    """Graph's ``recurrenceRange``: ``start_date`` is the master's start date in the series' zone (Graph
+    requires it); ``end_date`` (inclusive) only for ``END_DATE``, ``number_of_occurrences`` only for
+    ``NUMBERED``."""
+
     type: RangeType
     start_date: date
     end_date: date | None = None
@@ -229,7 +260,10 @@ class Recurrence:
 
 @dataclass(frozen=True)
 class OccurrenceOverride:
-    """One changed occurrence of a series (reserved in contract v1; series sync comes later)."""
+    """One changed occurrence of a series (an *exception*): the fields that are not None replace the
+    series' value for that occurrence. An empty string clears a text field for the occurrence (a location
+    removed from one occurrence is ``location=""``); ``attendees=()`` means nobody. ``start`` and ``end``
+    come together: the occurrence was moved. Keyed by ``original_start`` (see *Series* above)."""
 
     original_start: datetime | date
     subject: str | None = None
@@ -251,8 +285,11 @@ class CrmLinks:
 
 @dataclass(frozen=True)
 class Activity:
-    """A calendar item, side-neutral and normalized. The fields in ``Field`` are synced; the rest is
-    bookkeeping one side holds (type, owner, timestamps, CRM links, the reserved recurrence data)."""
+    """A calendar item, side-neutral and normalized. The fields in ``Field`` are synced (the series fields
+    once series sync is wired in); the rest is bookkeeping one side holds (type, owner, timestamps, links).
+
+    A series' overrides are kept in original-start order, one per original start (the last given wins);
+    its cancellations sorted and unique."""
 
     subject: str
     when: When
@@ -273,6 +310,14 @@ class Activity:
     recurrence: Recurrence | None = None
     occurrence_overrides: tuple[OccurrenceOverride, ...] = ()
     cancelled_occurrences: tuple[datetime | date, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.occurrence_overrides:
+            by_start = {_moment_order(o.original_start): o for o in self.occurrence_overrides}
+            object.__setattr__(self, "occurrence_overrides", tuple(by_start[k] for k in sorted(by_start)))
+        if self.cancelled_occurrences:
+            unique = {_moment_order(moment): moment for moment in self.cancelled_occurrences}
+            object.__setattr__(self, "cancelled_occurrences", tuple(unique[k] for k in sorted(unique)))
 
     @property
     def is_all_day(self) -> bool:
@@ -305,6 +350,16 @@ class Activity:
 
 def _all_day_zone(when: AllDay) -> tzinfo:
     return zone(when.time_zone) if when.time_zone else UTC
+
+
+def _moment_order(moment: datetime | date) -> tuple[int, str]:
+    """A sort key for original starts: instants by their UTC value, dates by themselves (never mixed in a
+    valid series, but a mixed tuple must not make building an Activity raise)."""
+    if isinstance(moment, datetime):
+        if moment.tzinfo is None:
+            return (1, moment.isoformat())
+        return (1, moment.astimezone(UTC).isoformat())
+    return (0, moment.isoformat())
 
 
 # --- people (the CRM's ``GET /people`` answer, as data for classification) ----------------------------------
@@ -369,6 +424,17 @@ def normalize_description(text: str | None) -> str | None:
     lines = _without_teams_block([line.rstrip() for line in unified.split("\n")])
     joined = _BLANK_RUN.sub("\n\n", "\n".join(lines)).strip()
     return joined or None
+
+
+def canonical_description(text: str | None) -> str:
+    """A description as the merge compares it: content, not layout. Outlook's text rendering of the HTML it
+    stores may space paragraphs and runs of blanks differently from what we wrote, so blank lines and
+    repeated blanks do not count."""
+    lines = (_BLANKS.sub(" ", line).strip() for line in (text or "").split("\n"))
+    return "\n".join(line for line in lines if line)
+
+
+_BLANKS = re.compile(r"[ \t]+")
 
 
 def _without_teams_block(lines: list[str]) -> list[str]:

@@ -76,7 +76,7 @@ from sync_core.domain.changes import (
 from sync_core.domain.connection_view import ConnectionEvent, conflict_event, sync_error_event
 from sync_core.domain.crm_mapping import CrmRecord
 from sync_core.domain.graph_payloads import Changed, DeltaPage, GraphEvent, Removed, parse_event
-from sync_core.domain.model import PeopleDirectory
+from sync_core.domain.model import AttendeeKind, PeopleDirectory
 from sync_core.domain.planning import plan_sync
 from sync_core.domain.state import (
     Connection,
@@ -372,6 +372,7 @@ class Reconciler:
             return report
         started = time.monotonic()
         connections = self._storage.connections
+        ended = False
         dirty = False
         try:
             while report.rounds < MAX_ROUNDS_PER_RUN:
@@ -381,12 +382,14 @@ class Reconciler:
                     break
                 report.ran = True
                 report.rounds += 1
-                lease = self._round(connection.value, report, lease)
-                if not connections.is_dirty(user_id):
+                lease, again = self._round(connection.value, report, lease)
+                if not again:
+                    ended = True  # the round's last write also ended the run
                     break
                 lease = leases.renew(lease, self._clock(), self._lease_duration)
         finally:
-            dirty = connections.end_run(user_id)
+            if not ended:
+                dirty = connections.end_run(user_id)
             leases.release(lease)
         # Changes that arrived after the last look only marked the user (a run was on): queue a run for them.
         # A change marked after ``end_run`` finds no run on and queues its own.
@@ -410,7 +413,9 @@ class Reconciler:
         )
         return report
 
-    def _round(self, connection: Connection, report: RunReport, lease: Versioned[Lease]) -> Versioned[Lease]:
+    def _round(
+        self, connection: Connection, report: RunReport, lease: Versioned[Lease]
+    ) -> tuple[Versioned[Lease], bool]:
         user_id = connection.user_id
         now = self._clock()
         outbox = {entry.value.crm_id: entry for entry in self._storage.outbox.list_for_user(user_id)}
@@ -439,6 +444,7 @@ class Reconciler:
                 log.info("reconcile: user %s: stale push of activity %s ignored", user_id, crm_id)
                 del state.crm_changes[crm_id]
         report.crm_changes += len(state.crm_changes)
+        record: Callable[[Connection], Connection | None] = _unchanged
         try:
             self._delta_round(state, report)
         except MassDeletionError as error:
@@ -448,9 +454,10 @@ class Reconciler:
             self._access.check_access(user_id)
             self._flush_log(state)
         else:
-            self._finish(state)
+            record = self._finish(state)
+        again = self._storage.connections.end_round(user_id, record)
         assert state.lease is not None
-        return state.lease
+        return state.lease, again
 
     # --- gather and plan, page by page ---------------------------------------------------------------------
 
@@ -787,7 +794,7 @@ class Reconciler:
                     report.count("writes_to_graph")
                 elif isinstance(action, CreateInCrm):
                     source = events.get(action.graph_id)
-                    if source is not None and source.ical_uid and not self._claim(state, source.ical_uid):
+                    if source is not None and source.ical_uid and not self._claim(state, source):
                         return _Outcome.REPLAN  # another connected user's calendar holds this meeting
                     record = self._crm.create_activity(action.body(), action.idempotency_key)
                     crm_result = CrmWriteResult(record.crm_id, record.version, record.activity.modified_at)
@@ -842,12 +849,23 @@ class Reconciler:
             raise TokenRevokedError(f"reconcile: user {user_id} is not connected", code="not_connected")
         return _RunToken(self._tokens, user_id, other.value.home_account_id)
 
-    def _claim(self, state: _Round, ical_uid: str) -> bool:
+    def _claim(self, state: _Round, event: GraphEvent) -> bool:
         """Claim a meeting before creating its activity; False when another user's link owns it (the item
-        is then planned again as that user's shared meeting). A claim whose owner never finished (its run
-        died before the create returned) is taken over once it is older than a lease."""
+        is then planned again as that user's shared meeting). An attendee's copy whose organizer is a
+        connected user leaves the claim to the organizer's run for a moment, so the activity belongs to the
+        organizer. A claim whose owner never finished (its run died before the create returned) is taken
+        over once it is older than a lease."""
+        assert event.ical_uid is not None
+        ical_uid = event.ical_uid
         user_id = state.connection.user_id
         index = self._storage.item_index
+        if self._organizer_is_another_connected_user(state, event):
+            deadline = time.monotonic() + _CLAIM_WAIT_SECONDS
+            while time.monotonic() < deadline:
+                found = index.meeting(ical_uid)
+                if found is not None:
+                    break
+                time.sleep(0.2)
         deadline = time.monotonic() + _CLAIM_WAIT_SECONDS
         while True:
             claim = index.claim_meeting(ical_uid, user_id, state.now)
@@ -869,6 +887,24 @@ class Reconciler:
                     f"reconcile: meeting of user {user_id} is being created by user {claim.value.owner}"
                 )
             time.sleep(0.2)
+
+    def _organizer_is_another_connected_user(self, state: _Round, event: GraphEvent) -> bool:
+        if event.raw.get("isOrganizer") is not False:
+            return False
+        organizer = event.raw.get("organizer")
+        address = organizer.get("emailAddress") if isinstance(organizer, Mapping) else None
+        email = address.get("address") if isinstance(address, Mapping) else None
+        if not isinstance(email, str) or "@" not in email:
+            return False
+        person = self._crm.people([email]).find(email)
+        if (
+            person is None
+            or person.kind is not AttendeeKind.USER
+            or person.crm_id == state.connection.user_id
+        ):
+            return False
+        connection = self._storage.connections.get(person.crm_id)
+        return connection is not None and connection.value.state in _SYNCING
 
     def _replan_item(
         self,
@@ -1029,15 +1065,15 @@ class Reconciler:
 
     # --- save ----------------------------------------------------------------------------------------------
 
-    def _finish(self, state: _Round) -> None:
-        user_id = state.connection.user_id
+    def _finish(self, state: _Round) -> Callable[[Connection], Connection | None]:
+        """Remove the handled outbox rows and write the log; what to record on the connection."""
         for entry in state.outbox.values():
             self._storage.outbox.delete_handled(entry)
         self._flush_log(state)
         item_error = state.last_item_error
 
-        def recorded(current: Connection | None) -> Connection | None:
-            if current is None or current.state not in {ConnectionState.CONNECTED, ConnectionState.ERROR}:
+        def recorded(current: Connection) -> Connection | None:
+            if current.state not in _SYNCING:
                 return None
             return replace(
                 current,
@@ -1047,7 +1083,11 @@ class Reconciler:
                 last_error=item_error if item_error is not None else _kept_error(current.last_error),
             )
 
-        self._storage.connections.update(user_id, recorded)
+        return recorded
+
+
+def _unchanged(_connection: Connection) -> Connection | None:
+    return None
 
 
 def _kept_error(error: ErrorRecord | None) -> ErrorRecord | None:

@@ -46,7 +46,7 @@ from sync_core.domain.model import (
     normalize_description,
 )
 from sync_core.domain.model import Field as SyncField
-from sync_core.domain.recurrence import is_occurrence
+from sync_core.domain.recurrence import are_occurrences
 from sync_core.domain.timezones import zone
 from sync_core.errors import InvalidRequestError
 
@@ -386,17 +386,22 @@ def _starts_on(pushed: _PushedActivity, start_date: date) -> bool:
 
 def _occurrence_errors(pushed: _PushedActivity, activity: Activity) -> dict[str, str]:
     """Every original start must be an occurrence of the series (checked against the built Activity, so by
-    the rules the sync expands with; indexes are the pushed lists')."""
-    errors: dict[str, str] = {}
+    the rules the sync expands with, in one walk; indexes are the pushed lists')."""
     if activity.recurrence is None:
-        return errors
-    for index, override in enumerate(pushed.occurrence_overrides):
-        if is_occurrence(activity, _moment(override.original_start, pushed.is_all_day)) is False:
-            errors[f"occurrenceOverrides.{index}.originalStart"] = "is not an occurrence of the series"
-    for index, text in enumerate(pushed.cancelled_occurrences):
-        if is_occurrence(activity, _moment(text, pushed.is_all_day)) is False:
-            errors[f"cancelledOccurrences.{index}"] = "is not an occurrence of the series"
-    return errors
+        return {}
+    paths = [
+        f"occurrenceOverrides.{index}.originalStart" for index in range(len(pushed.occurrence_overrides))
+    ]
+    paths += [f"cancelledOccurrences.{index}" for index in range(len(pushed.cancelled_occurrences))]
+    texts = [
+        override.original_start for override in pushed.occurrence_overrides
+    ] + pushed.cancelled_occurrences
+    answers = are_occurrences(activity, [_moment(text, pushed.is_all_day) for text in texts])
+    return {
+        path: "is not an occurrence of the series"
+        for path, answer in zip(paths, answers, strict=True)
+        if answer is False
+    }
 
 
 def _parse_date_time(text: str | None) -> datetime | None:

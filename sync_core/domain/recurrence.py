@@ -26,12 +26,12 @@ on ``firstDayOfWeek`` (default sunday) and an interval of weeks counts from the 
 from __future__ import annotations
 
 import calendar
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 
 from sync_core.domain.graph_payloads import PatternType, RangeType
-from sync_core.domain.model import Activity, AllDay, Recurrence, RecurrencePattern
+from sync_core.domain.model import Activity, AllDay, Recurrence, RecurrencePattern, Timed
 from sync_core.domain.timezones import UnknownTimeZoneError, iana_name, zone
 
 DAYS_OF_WEEK: tuple[str, ...] = ("sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday")
@@ -41,7 +41,7 @@ _WEEKDAY = {name: (number - 1) % 7 for number, name in enumerate(DAYS_OF_WEEK)}
 # A walk over candidate dates stops after this many, whatever the range says: a noEnd daily series walked
 # to a date centuries ahead (a CRM sending "9999-01-01") must not cost millions of steps.
 MAX_DATES_WALKED = 100_000
-# The last date a series may have: the next one could not be computed (years end at 9999).
+# The last date a series may have (the candidates stop there): dates end in 9999, and a step past it raises.
 _LAST_DAY = date(9998, 12, 31)
 
 OccurrenceKey = datetime | date
@@ -121,8 +121,6 @@ def _walk(recurrence: Recurrence) -> Iterator[date | None]:
             continue
         if span.type is RangeType.END_DATE and span.end_date is not None and day > span.end_date:
             return
-        if day > _LAST_DAY:
-            return
         yield day
         produced += 1
         if span.type is RangeType.NUMBERED and produced >= (span.number_of_occurrences or 0):
@@ -151,9 +149,12 @@ def _candidates(pattern: RecurrencePattern, start: date) -> Iterator[date]:
 
 def _every(first: date, step: timedelta) -> Iterator[date]:
     day = first
-    while True:
+    while day <= _LAST_DAY:
         yield day
-        day += step
+        try:
+            day += step
+        except OverflowError:
+            return
 
 
 def _monthly(pattern: RecurrencePattern, start: date, step: int, days: list[int]) -> Iterator[date]:
@@ -162,7 +163,7 @@ def _monthly(pattern: RecurrencePattern, start: date, step: int, days: list[int]
     if pattern.type is PatternType.RELATIVE_MONTHLY and not days:
         return
     months = start.year * 12 + start.month - 1
-    while True:
+    while months < (_LAST_DAY.year + 1) * 12:
         year, month = divmod(months, 12)
         if pattern.type is PatternType.ABSOLUTE_MONTHLY:
             assert pattern.day_of_month is not None
@@ -181,7 +182,7 @@ def _yearly(pattern: RecurrencePattern, start: date, step: int, days: list[int])
     if pattern.type is PatternType.RELATIVE_YEARLY and not days:
         return
     year = start.year
-    while True:
+    while year <= _LAST_DAY.year:
         if pattern.type is PatternType.ABSOLUTE_YEARLY:
             assert pattern.day_of_month is not None
             yield _clamped(year, month, pattern.day_of_month)
@@ -279,7 +280,7 @@ def expand_series(activity: Activity, *, window: Window | None, max_occurrences:
     return expand_timed(
         recurrence,
         local_start=when.start.astimezone(zone(zone_name)).time(),
-        duration=when.end - when.start,
+        duration=_duration(when),
         zone_name=zone_name,
         window=window,
         max_occurrences=max_occurrences,
@@ -317,37 +318,75 @@ def occurrence_times(activity: Activity, key: OccurrenceKey) -> tuple[datetime |
     """Where the occurrence keyed ``key`` would be unchanged: its start and its end (the master's length)."""
     when = activity.when
     if isinstance(when, AllDay):
-        assert isinstance(key, date)
-        day = key.date() if isinstance(key, datetime) else key
+        day = occurrence_key(activity, key)
+        assert not isinstance(day, datetime)
         return day, day + (when.end - when.start)
-    assert isinstance(key, datetime)
+    if not isinstance(key, datetime):
+        raise ValueError("a timed series keys its occurrences by instants")
     event_zone = zone(when.time_zone)
-    start = key.astimezone(event_zone)
-    return start, (key.astimezone(UTC) + (when.end - when.start)).astimezone(event_zone)
+    return key.astimezone(event_zone), (key.astimezone(UTC) + _duration(when)).astimezone(event_zone)
 
 
 def is_occurrence(activity: Activity, key: OccurrenceKey) -> bool | None:
     """Whether the series puts an occurrence at ``key``; None when it lies too far ahead to walk to."""
-    if activity.recurrence is None:
-        return False
-    try:
-        return _is_occurrence(activity, key)
-    except OverflowError:
-        return False  # a key at the very end of the calendar: no occurrence can be there
+    return are_occurrences(activity, (key,))[0]
 
 
-def _is_occurrence(activity: Activity, key: OccurrenceKey) -> bool | None:
-    start, end = occurrence_times(activity, key)
-    if isinstance(start, datetime) and isinstance(end, datetime):
-        around = Window(start - timedelta(days=1), end + timedelta(days=1))
-    else:
-        assert not isinstance(start, datetime)
-        assert not isinstance(end, datetime)
-        around = Window(_midnight(start - timedelta(days=2), UTC), _midnight(end + timedelta(days=2), UTC))
-    expansion = expand_series(activity, window=around, max_occurrences=64)
-    if occurrence_key(activity, key) in expansion.keys:
-        return True
-    return None if expansion.truncated else False
+def are_occurrences(activity: Activity, keys: Sequence[datetime | date]) -> tuple[bool | None, ...]:
+    """``is_occurrence`` for each of ``keys``, in one walk over the series' dates (dates only, up to the
+    latest key). A key of the wrong kind (a date for a timed series) is no occurrence."""
+    recurrence = activity.recurrence
+    normalized: list[OccurrenceKey | None] = []
+    for given in keys:
+        try:
+            normalized.append(occurrence_key(activity, given))
+        except ValueError:
+            normalized.append(None)
+    present = [key for key in normalized if key is not None]
+    if recurrence is None or not present:
+        return tuple(False for _ in keys)
+    series_tz = zone(series_zone(activity))
+    when = activity.when
+    local_start = None if isinstance(when, AllDay) else when.start.astimezone(series_tz).time()
+
+    def local_day(key: OccurrenceKey) -> date | None:
+        try:
+            return key.astimezone(series_tz).date() if isinstance(key, datetime) else key
+        except OverflowError:
+            return None  # past the end of the calendar in the series' zone: no occurrence is there
+
+    days = {key: local_day(key) for key in present}
+    wanted = {day for day in days.values() if day is not None}
+    if not wanted:
+        return tuple(False for _ in keys)
+    last = min(max(wanted), _LAST_DAY)
+    found: set[OccurrenceKey] = set()
+    walked_to: date | None = None
+    exhausted = False
+    for day in _walk(recurrence):
+        if day is None:
+            exhausted = True
+            break
+        walked_to = day
+        if local_start is None:
+            found.add(day)
+        elif wanted & {day - timedelta(days=1), day, day + timedelta(days=1)}:
+            # The local date of an instant may differ from its occurrence date when DST skips the start time.
+            found.add(datetime.combine(day, local_start).replace(tzinfo=series_tz, fold=0).astimezone(UTC))
+        if day > last:
+            break
+    answers: list[bool | None] = []
+    for key in normalized:
+        key_day = days.get(key) if key is not None else None
+        if key is None or key_day is None:
+            answers.append(False)
+        elif key in found:
+            answers.append(True)
+        elif exhausted and (walked_to is None or key_day > walked_to):
+            answers.append(None)  # the walk limit came first
+        else:
+            answers.append(False)
+    return tuple(answers)
 
 
 def series_has_ended(activity: Activity, now: datetime) -> bool:
@@ -359,6 +398,11 @@ def series_has_ended(activity: Activity, now: datetime) -> bool:
         return False
     ahead = Window(now, datetime(9999, 1, 1, tzinfo=UTC))
     return not expand_series(activity, window=ahead, max_occurrences=1).occurrences
+
+
+def _duration(when: Timed) -> timedelta:
+    # Instants, not wall clocks: two datetimes sharing a tzinfo subtract as wall-clock times in Python.
+    return when.end.astimezone(UTC) - when.start.astimezone(UTC)
 
 
 def _midnight(day: date, day_zone: tzinfo) -> datetime:

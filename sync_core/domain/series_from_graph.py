@@ -5,7 +5,8 @@ Graph lists a series as its master (``type: seriesMaster``, with ``recurrence``)
 ones (``occurrence``) and changed ones (``exception``), each with ``originalStart`` where the pattern put it.
 Cancelled occurrences are not listed at all (graph-facts.md): an occurrence the pattern puts in the window
 that the listing lacks was cancelled. The master's ``cancelledOccurrences`` (``OID.{masterId}.{date}``),
-when Graph returns it, names them too.
+when Graph returns it, names them too, and so does ``isCancelled`` on an instance (in an attendee's calendar,
+an occurrence the organizer cancelled stays listed until the attendee removes it).
 
 The reconciler should ``$select`` ``originalStart`` on ``/instances``; when an exception comes without it
 (documented examples select it away), it is paired with the nearest occurrence nobody else accounts for,
@@ -98,6 +99,8 @@ def series_from_graph(
     judged = window.shrunk(margin)
 
     cancelled: set[OccurrenceKey] = set(_named_cancellations(series, master_event))
+    # An attendee's copy keeps an occurrence the organizer cancelled, marked isCancelled, until it is removed.
+    cancelled.update(key for key, instance in index.by_key.items() if instance.is_cancelled)
     if complete:
         cancelled.update(
             occurrence.original_start

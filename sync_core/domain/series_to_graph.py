@@ -18,7 +18,7 @@ listing was cut).
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any
@@ -50,7 +50,7 @@ class PatchInstance:
 
     instance_id: str
     original_start: OccurrenceKey
-    body: Mapping[str, Any]
+    body: Mapping[str, Any] = field(hash=False)
 
     def body_json(self) -> Json:
         return dict(self.body)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import fields
 from types import TracebackType
 from typing import Any
@@ -14,6 +14,7 @@ from typing import Any
 from devkit.graph_emulator import control
 from devkit.graph_emulator.app import GraphApp
 from devkit.graph_emulator.auth import GRAPH_AUDIENCES, Authenticator, JwksProvider, JwksSource
+from devkit.graph_emulator.events import clean_payload
 from devkit.graph_emulator.routing import Response
 from devkit.graph_emulator.server import ServerThread
 from devkit.graph_emulator.settings import Clock, EmulatorSettings
@@ -161,6 +162,18 @@ class GraphEmulator:
 
     def user_delete_event(self, user: str, event_id: str) -> None:
         self._outlook_ok(user, "DELETE", f"/events/{event_id}")
+
+    def seed_events(self, user: str, events: Iterable[Mapping[str, Any]]) -> int:
+        """Put events straight into the user's calendar, as if they had always been there (bulk set-up, e.g.
+        a mailbox of 10,000 events for a benchmark): each is checked as a create is, but no change
+        notification is sent and no request is logged. Returns how many were added."""
+        mailbox = self.app.store.get(user)
+        added = 0
+        with mailbox.lock:
+            for event in events:
+                mailbox.calendar.create(clean_payload(dict(event), creating=True))
+                added += 1
+        return added
 
     def deliver_message(self, user: str, message: Mapping[str, Any], folder: str = "inbox") -> Json:
         """Mail arriving in a folder (``created`` notifications, message delta)."""

@@ -670,6 +670,14 @@ class Reconciler:
         saves: list[LinkWrite] = []
         drops: list[Versioned[Link]] = []
         others_dropped: list[Versioned[Link]] = []
+        # case: a conflict is recorded before its resolution is written. Recorded after the writes, it was
+        # lost when the worker died before the end of the run: the retry finds both sides equal and sees no
+        # conflict (tests/integration/test_sync_machine.py: edit_both_sides, then run_with_crash).
+        conflicts = [action for action in actions if isinstance(action, RecordConflict)]
+        for conflict in conflicts:
+            self._record_conflict(state, report, conflict)
+        if conflicts:
+            self._flush_log(state)
         items = list(by_item.values())
         if len(items) > 1:
             outcomes = list(self._pool.map(lambda item: self._apply_item(state, report, item, events), items))
@@ -697,8 +705,6 @@ class Reconciler:
                     previous = links[action.link.crm_id]
                     if previous not in drops and not any(s.previous is previous for s in saves):
                         drops.append(previous)
-                elif isinstance(action, RecordConflict):
-                    self._record_conflict(state, report, action)
                 elif isinstance(action, Skip) and action.reason.logged:
                     report.count("skipped")
                     state.log_entries.append(
@@ -969,6 +975,10 @@ class Reconciler:
     def _record_conflict(self, state: _Round, report: RunReport, conflict: RecordConflict) -> None:
         report.count("conflicts")
         fields = conflict.crm_field_names
+        # case: the event's key has the milliseconds its occurredAt has. With whole seconds, the same conflict
+        # recorded again within a second (a retried run) reused a key for another body: 409
+        # idempotency_key_reused, and the CRM never heard (tests/integration/test_sync_machine.py).
+        millis = int(state.now.timestamp() * 1000)
         state.log_entries.append(
             SyncLogEntry(
                 user_id=state.connection.user_id,
@@ -989,7 +999,7 @@ class Reconciler:
                 conflict.policy.value,
                 "crm" if conflict.winner.value == "crm" else "m365",
                 state.now,
-                key=f"{conflict.crm_id}:{conflict.graph_id}:{','.join(fields)}:{int(state.now.timestamp())}",
+                key=f"{conflict.crm_id}:{conflict.graph_id}:{','.join(fields)}:{millis}",
             )
         )
 

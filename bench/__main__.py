@@ -1,4 +1,5 @@
-"""`make bench`: runs each benchmark in BENCHMARKS and merges its figures into bench/results.json.
+"""`make bench`: runs each benchmark in BENCHMARKS (or `python -m bench NAME…`: those named) and merges its
+figures into bench/results.json.
 
 Figures are measured, never asserted: these machines are shared and noisy, so targets are judged by
 reading the printed figures, not by a timed test.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
@@ -51,12 +52,17 @@ BENCHMARKS: dict[str, Callable[[], Mapping[str, Mapping[str, object]]]] = {
 }
 
 
-def main() -> int:
-    if not BENCHMARKS:
-        print("bench: no benchmarks exist yet; nothing was measured and results.json was not written.")
-        return 0
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m bench`` runs every benchmark; ``python -m bench webhook sync_costs`` only those named.
+    Either way the figures measured replace their old values in results.json and the others stay."""
+    names = list(sys.argv[1:] if argv is None else argv) or list(BENCHMARKS)
+    unknown = [name for name in names if name not in BENCHMARKS]
+    if unknown:
+        print(f"bench: unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
+        return 2
     results: dict[str, object] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    for name, run in BENCHMARKS.items():
+    for name in names:
+        run = BENCHMARKS[name]
         print(f"bench: running {name} …", flush=True)
         figures = run()
         for figure, value in figures.items():

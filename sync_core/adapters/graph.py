@@ -162,11 +162,12 @@ class GraphClient:
 
     def list_instances(
         self, token: AccessToken, master_id: str, start: datetime, end: datetime, *, top: int, limit: int
-    ) -> tuple[list[GraphEvent], bool]:
-        """The occurrences and exceptions of series ``master_id`` between ``start`` and ``end`` (following
-        nextLinks, at most ``top`` a page, no further once ``limit`` are read), and whether the list is
-        whole (False: an item was malformed or the limit cut it, so an absent occurrence must not be read
-        as cancelled). 404 → ``ItemGoneError``."""
+    ) -> tuple[list[GraphEvent], bool, bool]:
+        """The occurrences and exceptions of series ``master_id`` between ``start`` and ``end``, as Graph
+        lists them (by start; ``/instances`` takes no ``$orderby``), following nextLinks, at most ``top`` a
+        page and no further once ``limit`` are read. Also: whether every item was readable (False: one was
+        malformed, so an absent occurrence must not be read as cancelled), and whether ``limit`` cut the
+        list (later instances were not read). 404 → ``ItemGoneError``."""
         next_url: str | None = (
             f"{_event_path(master_id)}/instances?startDateTime={_iso(start)}&endDateTime={_iso(end)}"
             f"&$top={top}"
@@ -186,8 +187,8 @@ class GraphClient:
             link = body.get("@odata.nextLink")
             next_url = link if isinstance(link, str) else None
             if next_url is not None and len(instances) >= limit:
-                return instances, False
-        return instances, complete
+                return instances, complete, True
+        return instances, complete, False
 
     def create_event(self, token: AccessToken, body: Mapping[str, Any]) -> GraphEvent:
         """POST an event. Replay-safe only because every create we send carries a ``transactionId``: Graph

@@ -277,7 +277,8 @@ class _Planner:
         if isinstance(crm, CrmDeletion) or m365_gone:
             return self._deleted(item, link, crm_gone=isinstance(crm, CrmDeletion), m365_gone=m365_gone)
         base = Base.from_link(link)
-        crm_activity = self._judged(crm.activity) if isinstance(crm, CrmUpsert) else None
+        judged = graph.series.window if isinstance(graph, GraphUpsert) and graph.series else None
+        crm_activity = self._judged(crm.activity, judged) if isinstance(crm, CrmUpsert) else None
         seen = self._outlook_view(graph)
         if isinstance(graph, GraphUpsert) and seen is None:
             return [Skip(item.key, SkipReason.INCOMPLETE_EVENT, link.crm_id, link.graph_id)]
@@ -568,10 +569,11 @@ class _Planner:
     def _window(self) -> Window:
         return judged_window(self.request.now, self.rules.window_past_days, self.rules.window_future_days)
 
-    def _judged(self, activity: Activity) -> Activity:
+    def _judged(self, activity: Activity, window: Window | None = None) -> Activity:
         """A CRM series as far as Outlook's instances are read: its overrides and cancellations in the window
-        (the others are never compared, and never written from an Outlook read)."""
-        return within(activity, self._window) if activity.is_recurring else activity
+        (``window``: where Outlook's read of this series judged them; the others are never compared, and
+        never written from an Outlook read)."""
+        return within(activity, window or self._window) if activity.is_recurring else activity
 
     def _outlook_retime_kept(
         self, base: Base, link: Link, seen: Activity, crm_activity: Activity | None

@@ -151,7 +151,7 @@ class GraphCalendar(Protocol):
         *,
         top: int,
         limit: int,
-    ) -> tuple[list[GraphEvent], bool]: ...
+    ) -> tuple[list[GraphEvent], bool, bool]: ...
 
 
 class CrmActivities(Protocol):
@@ -321,6 +321,7 @@ class _Round:
     links: _LinkCache | None = None
     lease: Versioned[Lease] | None = None
     claims: dict[str, Versioned[MeetingClaim]] = field(default_factory=dict)  # meetings this round claimed
+    series_read: set[str] = field(default_factory=set)  # series masters this round read (once a round)
 
     @property
     def cache(self) -> _LinkCache:
@@ -492,6 +493,7 @@ class Reconciler:
                 self._storage.cursors.delete(user_id, EVENTS)
                 cursor = None
             state.cache.load_all()
+            state.series_read.clear()
             delta_link = self._pages(state, report, self._full_round_url(state.now))
         # The changes no page held an item of (the common case: creates and edits of unchanged events).
         if state.crm_changes:
@@ -556,6 +558,7 @@ class Reconciler:
             list(changes.values()),
             now=state.now,
             unlinked_removals=unlinked_removals,
+            already_read=state.series_read,
             series_links=lambda: (
                 link.value for link in self._storage.links.list_for_user(state.connection.user_id)
             ),

@@ -51,7 +51,7 @@ class SeriesGraph(Protocol):
 
     def list_instances(
         self, token: Token, master_id: str, start: datetime, end: datetime, *, top: int, limit: int
-    ) -> tuple[list[GraphEvent], bool]: ...
+    ) -> tuple[list[GraphEvent], bool, bool]: ...
 
     def update_event(self, token: Token, event_id: str, body: Mapping[str, object]) -> GraphEvent: ...
 
@@ -109,12 +109,15 @@ class SeriesSync:
         now: datetime,
         unlinked_removals: bool,
         series_links: Callable[[], Iterable[Link]],
+        already_read: set[str],
     ) -> list[GraphChange]:
         """The page's changes with each series' items replaced by one change of the series (in the place
         of its first item). ``unlinked_removals``: the page removed ids no link knows (a deleted series
-        shows only as those); ``series_links``: the user's links, read only then."""
+        shows only as those); ``series_links``: the user's links, read only then; ``already_read``: the
+        series this round read on earlier pages (a long series' occurrences span pages: read once), updated.
+        """
         gathered: list[GraphChange] = []
-        seen: set[str] = set()
+        seen = already_read
         for change in changes:
             master_id = series_master_of(change)
             if master_id is None:
@@ -148,9 +151,14 @@ class SeriesSync:
             return GraphUpsert(master)  # case: no longer a series (made a single event): an ordinary change
         window = self._window(now)
         limit = self._policy.max_occurrences_per_series
-        instances, complete = self._graph.list_instances(
+        instances, complete, cut = self._graph.list_instances(
             token, master_id, window.start, window.end, top=min(limit, _MAX_PAGE), limit=limit
         )
+        starts = [instance.start for instance in instances if instance.start is not None]
+        if cut and starts:
+            # case: more instances than the cap: judge only up to the last one read (absence past it says
+            # nothing), and the planner compares the CRM's side over the same span.
+            window = Window(window.start, max(window.start, max(starts)))
         try:
             series = series_from_graph(
                 master,
@@ -186,7 +194,7 @@ class SeriesSync:
             return InstanceWrites(0, 0)  # case: a new series without exceptions: the create was all
         window = self._window(options.now)
         limit = self._policy.max_occurrences_per_series
-        instances, _complete = self._graph.list_instances(
+        instances, _complete, _cut = self._graph.list_instances(
             token, master_id, window.start, window.end, top=min(limit, _MAX_PAGE), limit=limit
         )
         plan = plan_instance_operations(

@@ -184,6 +184,7 @@ def test_an_outlook_series_with_a_moved_and_a_cancelled_occurrence_is_one_crm_ac
 
 def test_a_crm_series_with_a_moved_and_a_cancelled_occurrence_is_one_outlook_series(stack: SyncStack) -> None:
     user = new_user(stack)
+    stack.connect("s39")  # a colleague, invited
     day = first_day(4)
     start = datetime(day.year, day.month, day.day, 10, tzinfo=UTC)
     second, fourth = start + timedelta(weeks=1), start + timedelta(weeks=3)
@@ -194,7 +195,7 @@ def test_a_crm_series_with_a_moved_and_a_cancelled_occurrence_is_one_outlook_ser
             "Account review",
             day,
             weekly(day),
-            attendees=[{"email": "s01@contoso.example", "kind": "user", "crmId": "usr-s01"}],
+            attendees=[{"email": "s39@contoso.example", "kind": "user", "crmId": "usr-s39"}],
             occurrenceOverrides=[
                 {
                     "originalStart": second.isoformat(),
@@ -218,6 +219,11 @@ def test_a_crm_series_with_a_moved_and_a_cancelled_occurrence_is_one_outlook_ser
         hours=4
     )
     assert graph_posts(stack, user) - before == 1  # one create for the series, not one per occurrence
+    # The colleague got one invitation: the series (with its exception), not one per occurrence.
+    status, body = stack.world.graph.outlook(stack.world.users["s39"].oid, "GET", "/events?$top=100")
+    assert status == 200, body
+    copies = [e for e in body["value"] if e["subject"] == "Account review"]
+    assert [e["type"] for e in copies] == ["seriesMaster"]
 
     # Cancelling one more occurrence in the CRM deletes that occurrence in Outlook, and only it.
     fifth = start + timedelta(weeks=4)

@@ -429,6 +429,60 @@ def test_one_occurrence_moved_in_the_crm_moves_only_it_in_outlook(stack: SyncSta
     assert len(after["occurrenceOverrides"]) == 1  # the echo changed nothing
 
 
+def test_one_occurrence_moved_in_outlook_moves_only_it_in_the_crm(stack: SyncStack) -> None:
+    user = new_user(stack)
+    day = first_day(3)
+    master, activity = synced_series(stack, user, "Moved in Outlook", day, in_crm=True)
+    second = instances(stack, user, master["id"])[1]
+    new_day = day + timedelta(days=8)
+    stack.outlook_update(
+        user,
+        second["id"],
+        {
+            "start": {"dateTime": wall(new_day, 16), "timeZone": "UTC"},
+            "end": {"dateTime": wall(new_day, 17), "timeZone": "UTC"},
+        },
+    )
+
+    def overrides() -> list[Json]:
+        return list((stack.world.crm.activity(activity["crmId"]) or {}).get("occurrenceOverrides", []))
+
+    [override] = wait_until(overrides, what="the moved occurrence in the CRM")
+    assert utc_of(override["originalStart"]) == utc_of(second["originalStart"])
+    assert utc_of(override["start"]) == datetime(new_day.year, new_day.month, new_day.day, 16, tzinfo=UTC)
+    assert override.get("subject") is None  # only the times changed
+    stack.settle()
+    after = stack.world.crm.activity(activity["crmId"])
+    assert after is not None
+    assert after["cancelledOccurrences"] == []
+    assert after["start"] == activity["start"]  # the series itself did not move
+
+
+def test_attendees_changed_on_one_occurrence_in_the_crm_reach_only_that_occurrence(stack: SyncStack) -> None:
+    user = new_user(stack)
+    day = first_day(3)
+    stack.connect("s38")  # a colleague: CRM users are always invited
+    master, activity = synced_series(stack, user, "Guest on one", day, in_crm=True)
+    third = datetime(day.year, day.month, day.day, 10, tzinfo=UTC) + timedelta(weeks=2)
+    guest = {"email": "s38@contoso.example", "name": "Colleague", "kind": "user", "crmId": "usr-s38"}
+    stack.crm_edit(
+        activity["crmId"],
+        {"occurrenceOverrides": [{"originalStart": third.isoformat(), "attendees": [guest]}]},
+    )
+
+    def with_guest() -> list[Json]:
+        return [
+            i
+            for i in instances(stack, user, master["id"])
+            if any(a["emailAddress"]["address"] == guest["email"] for a in i.get("attendees", []))
+        ]
+
+    [exception] = wait_until(with_guest, what="the guest on the third occurrence in Outlook")
+    assert utc_of(exception["originalStart"]) == third
+    stack.settle()
+    assert len(with_guest()) == 1
+
+
 def test_one_occurrence_cancelled_in_outlook_cancels_only_it_in_the_crm(stack: SyncStack) -> None:
     user = new_user(stack)
     day = first_day(3)

@@ -31,7 +31,7 @@ from sync_core.domain.model import (
     Timed,
 )
 from sync_core.domain.recurrence import expand_series
-from sync_core.domain.series import INSTANCE_MARGIN, judged_window, occurrence_activity, sync_window
+from sync_core.domain.series import INSTANCE_MARGIN, judged_window, occurrence_activity, sync_window, within
 from sync_core.domain.series_from_graph import series_from_graph
 from sync_core.domain.state import Link
 from tests.unit.test_planning import NOW, USER, activity, graph_event, kinds, only, plan, rules
@@ -91,8 +91,6 @@ def linked_series(series: Activity) -> Link:
     seen = outlook_series(series).series
     assert seen is not None
     window = judged_window(NOW, 60, 365)
-    from sync_core.domain.series import within
-
     base = Base.of_synced(within(series, window), seen.activity)
     return Link(
         user_id=USER,

@@ -109,8 +109,8 @@ class SyncRequest:
     other_users_links: Sequence[Link] = ()
     force_deletions: bool = False  # the user (or an admin) confirmed a mass deletion
     default_time_zone: str = "UTC"  # the mailbox's zone, for all-day events the CRM gives without one
-    # For linked series Outlook retimed (pattern or times): the CRM's series as it is now, by CRM id, so its
-    # exceptions survive the retime (Outlook drops them).
+    # For linked series whose pattern, times or occurrences Outlook changed: the CRM's series as it is now, by
+    # CRM id, so its exceptions survive a retime (Outlook drops them) and those outside the window are kept.
     crm_series: Mapping[str, Activity] = field(default_factory=dict)
 
 

@@ -29,7 +29,8 @@ What the gather step must hand over (``SyncRequest``):
 - A series as one ``GraphUpsert`` of its master with ``series`` (master + ``/instances``, read over the
   sync window and judged over ``series.judged_window``), never its occurrences one by one: an occurrence
   or exception change handed in alone is left for its series.
-- ``crm_series``: for a linked series whose pattern or times Outlook changed, the CRM's series now.
+- ``crm_series``: for a linked series whose pattern, times or occurrences Outlook changed, the CRM's
+  series now.
 - ``links``: the user's links for every CRM id and Graph id in the changes; ``linked_count``: how many
   links the user has in all (the mass-deletion guard's measure).
 - ``people``: the CRM's ``GET /people`` answer for ``emails_to_look_up(graph_changes)``.
@@ -294,6 +295,9 @@ class _Planner:
             merged = _series_targets(merged, crm_activity, seen)
         if seen is not read and seen is not None:
             merged = _exceptions_rewritten(merged, seen)
+        if series:
+            full = crm.activity if isinstance(crm, CrmUpsert) else self.request.crm_series.get(link.crm_id)
+            merged = _outside_kept(merged, full, judged or self._window)
         version = crm.version if isinstance(crm, CrmUpsert) else link.crm_version
         actions: list[Action] = []
         if merged.to_m365 and merged.m365_target is not None:
@@ -641,6 +645,40 @@ def _exceptions_rewritten(merged: ItemMerge, kept: Activity) -> ItemMerge:
             target,
             occurrence_overrides=kept.occurrence_overrides,
             cancelled_occurrences=kept.cancelled_occurrences,
+        ),
+    )
+
+
+def _outside_kept(merged: ItemMerge, crm_series: Activity | None, window: Window) -> ItemMerge:
+    """case: Outlook's overrides and cancellations reach the CRM for the window they were read in; the CRM's
+    entries outside it (an exception months ago) are kept, not erased by a PATCH that replaces the whole
+    list. After a retime they move to the new series' occurrence on their date (``series.rekeyed``)."""
+    target = merged.crm_target
+    occurrence_fields = {Field.OCCURRENCE_OVERRIDES, Field.CANCELLED_OCCURRENCES}
+    if target is None or crm_series is None or not crm_series.is_recurring or not target.is_recurring:
+        return merged
+    if not merged.to_crm & occurrence_fields:
+        return merged
+    inside = within(crm_series, window)
+    outside = replace(
+        crm_series,
+        occurrence_overrides=tuple(
+            o for o in crm_series.occurrence_overrides if o not in inside.occurrence_overrides
+        ),
+        cancelled_occurrences=tuple(
+            c for c in crm_series.cancelled_occurrences if c not in inside.cancelled_occurrences
+        ),
+    )
+    if not outside.occurrence_overrides and not outside.cancelled_occurrences:
+        return merged
+    carried = rekeyed(target, outside)
+    return replace(
+        merged,
+        to_crm=merged.to_crm | occurrence_fields,
+        crm_target=replace(
+            target,
+            occurrence_overrides=(*target.occurrence_overrides, *carried.occurrence_overrides),
+            cancelled_occurrences=(*target.cancelled_occurrences, *carried.cancelled_occurrences),
         ),
     )
 

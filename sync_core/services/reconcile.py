@@ -105,7 +105,7 @@ from sync_core.errors import (
     TokenRevokedError,
     TransientRemoteError,
 )
-from sync_core.services.series_sync import SeriesSync, outlook_retimed
+from sync_core.services.series_sync import SeriesSync, outlook_changed_series
 
 log = logging.getLogger(__name__)
 
@@ -608,15 +608,16 @@ class Reconciler:
     def _crm_series(
         self, graph_changes: Sequence[GraphChange], links: Mapping[str, Versioned[Link]]
     ) -> dict[str, Activity]:
-        """The CRM's series, for linked series Outlook retimed (Outlook dropped their exceptions; the CRM
-        still holds them): one CRM read per retimed series."""
+        """The CRM's series, for linked series whose pattern, times or occurrences Outlook changed (a retime
+        drops Outlook's exceptions, the CRM still holds them; exceptions outside the window Outlook was read
+        in are the CRM's alone): one CRM read per such series change."""
         by_graph = {link.value.graph_id: link.value for link in links.values()}
         found: dict[str, Activity] = {}
         for change in graph_changes:
             if not isinstance(change, GraphUpsert) or change.series is None:
                 continue
             link = by_graph.get(change.event.id)
-            if link is None or not outlook_retimed(link, change.series.activity):
+            if link is None or not outlook_changed_series(link, change.series.activity):
                 continue
             try:
                 found[link.crm_id] = self._crm.get_activity(link.crm_id).activity

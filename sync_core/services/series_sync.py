@@ -30,7 +30,7 @@ from sync_core.domain.actions import GraphWriteOptions
 from sync_core.domain.changes import GraphChange, GraphDeletion, GraphUpsert
 from sync_core.domain.graph_payloads import EventType, GraphEvent
 from sync_core.domain.hashing import Base, field_hash, value_hash
-from sync_core.domain.model import Activity, Field, Side
+from sync_core.domain.model import SERIES_FIELDS, Activity, Field, Side
 from sync_core.domain.recurrence import Window
 from sync_core.domain.series import INSTANCE_MARGIN, sync_window
 from sync_core.domain.series_from_graph import series_from_graph
@@ -75,11 +75,19 @@ def is_series_link(link: Link) -> bool:
 
 def outlook_retimed(link: Link, series: Activity) -> bool:
     """Whether Outlook changed a linked series' pattern or times since the last sync."""
+    return _changed(link, series, (Field.RECURRENCE, Field.START_END))
+
+
+def outlook_changed_series(link: Link, series: Activity) -> bool:
+    """Whether Outlook changed a linked series' pattern, times, overrides or cancellations since the last
+    sync: then the planner needs the CRM's series (its exceptions outside the window Outlook was read in,
+    and, for a retime, all of them)."""
+    return _changed(link, series, (Field.RECURRENCE, Field.START_END, *SERIES_FIELDS[1:]))
+
+
+def _changed(link: Link, series: Activity, fields: Iterable[Field]) -> bool:
     base = Base.from_link(link)
-    return any(
-        base.hash_of(Side.M365, field_) not in (None, field_hash(field_, series))
-        for field_ in (Field.RECURRENCE, Field.START_END)
-    )
+    return any(base.hash_of(Side.M365, field_) not in (None, field_hash(field_, series)) for field_ in fields)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sync_core.config import DescriptionPolicy
 from sync_core.domain.actions import (
@@ -37,6 +38,7 @@ from sync_core.domain.state import Link
 from tests.unit.test_planning import NOW, USER, activity, graph_event, kinds, only, plan, rules
 
 MASTER = "AAMk-series"
+BERLIN = ZoneInfo("Europe/Berlin")
 FIRST = datetime(2026, 3, 3, 10, tzinfo=UTC)  # a Tuesday, 11:00 in Berlin
 WEEKLY = Recurrence(
     RecurrencePattern(PatternType.WEEKLY, 1, ("tuesday",)),
@@ -198,3 +200,31 @@ def test_a_series_that_began_long_ago_and_still_runs_is_in_the_window() -> None:
     series = activity("Standup", long_ago, recurrence=running)
     actions = plan(crm_changes=[CrmUpsert("act-s", "1", series)], rules=rules(initial_backfill=True))
     assert kinds(actions) == ["CreateInGraph", "SaveLink"]
+
+
+def test_the_crms_exceptions_outside_the_window_outlook_was_read_in_are_kept() -> None:
+    began = FIRST - timedelta(weeks=20)  # 20 weeks ago: its first exceptions are outside the sync window
+    recurrence = Recurrence(
+        RecurrencePattern(PatternType.WEEKLY, 1, ("tuesday",)),
+        RecurrenceRange(RangeType.NUMBERED, began.date(), None, 30),
+    )
+    old = OccurrenceOverride(began + timedelta(weeks=1), subject="Kick-off (long ago)")
+    series = activity("Weekly sync", began, recurrence=recurrence, occurrence_overrides=(old,))
+    link = linked_series(series)
+    # Outlook (read over the window) never saw the old exception; it moves next week's occurrence.
+    keys = expand_series(series, window=sync_window(NOW + timedelta(days=7), 0, 30), max_occurrences=1).keys
+    original = keys[0]
+    assert isinstance(original, datetime)
+    moved_one = OccurrenceOverride(
+        original, start=original + timedelta(hours=2), end=original + timedelta(hours=3)
+    )
+    outlook = dataclasses.replace(series, occurrence_overrides=(old, moved_one))
+    actions = plan(
+        graph_changes=[outlook_series(outlook, change_key="ck-2")], links=[link], crm_series={"act-s": series}
+    )
+    update = only(actions, UpdateCrm)[0]
+    assert update.fields == {Field.OCCURRENCE_OVERRIDES, Field.CANCELLED_OCCURRENCES}
+    assert sorted(o.get("subject") or o["start"][:16] for o in update.body()["occurrenceOverrides"]) == [
+        f"{(original + timedelta(hours=2)).astimezone(BERLIN):%Y-%m-%dT%H:%M}",
+        "Kick-off (long ago)",
+    ]

@@ -210,7 +210,7 @@ class _Planner:
                 items.pop(f"crm:{link.crm_id}", None)
             return None
         if link is None and isinstance(change, GraphUpsert):
-            adopted = self._adopted_link(change.event)
+            adopted = self._adopted_link(change)
             if adopted is None:
                 return _Item(f"m365:{graph_id}", graph=change)
             item = items.get(f"crm:{adopted.crm_id}") or _Item(f"crm:{adopted.crm_id}")
@@ -225,20 +225,21 @@ class _Planner:
         item = items.get(f"crm:{link.crm_id}") or _Item(f"crm:{link.crm_id}", link=link)
         return replace(item, graph=change)
 
-    def _adopted_link(self, event: GraphEvent) -> Link | None:
+    def _adopted_link(self, change: GraphUpsert) -> Link | None:
         """A link for an unlinked Outlook event that is already known by another name, or None."""
+        event = change.event
         ours = crm_id_of_transaction(event.raw.get("transactionId"))
         shared = self.request.shared_meetings.get(event.ical_uid) if event.ical_uid else None
         crm_id = ours or (shared.crm_id if shared is not None else None)
         if crm_id is None:
             return None
-        try:
-            seen = with_people(activity_from_graph(event), self.request.people)
-        except InvalidRequestError:
+        seen = self._outlook_view(change)
+        if seen is None:
             return None
         # case: our own create whose link was not saved (a crash between the two), or the same meeting in
         # another connected user's calendar (iCalUId): link to the activity, assuming it holds what Outlook
-        # holds; a CRM change to it in this run is merged against that.
+        # holds; a CRM change to it in this run is merged against that (for a series: with the occurrences
+        # Outlook holds, so the CRM's overrides a crash left unwritten are written now).
         owner = shared.owner_crm_user_id if ours is None and shared is not None else self.user_id
         return Link(
             user_id=self.user_id,

@@ -16,9 +16,10 @@ from sync_core.domain.actions import (
     SkipReason,
     UpdateCrm,
     UpdateGraph,
+    transaction_id,
 )
 from sync_core.domain.changes import CrmUpsert, GraphUpsert
-from sync_core.domain.graph_payloads import PatternType, RangeType
+from sync_core.domain.graph_payloads import PatternType, RangeType, parse_event
 from sync_core.domain.hashing import Base
 from sync_core.domain.mapping import graph_event_body
 from sync_core.domain.model import (
@@ -228,3 +229,19 @@ def test_the_crms_exceptions_outside_the_window_outlook_was_read_in_are_kept() -
         f"{(original + timedelta(hours=2)).astimezone(BERLIN):%Y-%m-%dT%H:%M}",
         "Kick-off (long ago)",
     ]
+
+
+def test_a_series_whose_create_crashed_before_its_exceptions_gets_them_on_the_retry() -> None:
+    series = weekly(occurrence_overrides=(moved(weekly(), 1), moved(weekly(), 2)))
+    # Outlook holds the master we created (our transactionId) and the first exception only: the run died
+    # between the two instance writes, before the link was saved.
+    created = outlook_series(weekly(occurrence_overrides=(moved(weekly(), 1),)))
+    master = parse_event({**created.event.raw, "transactionId": transaction_id(USER, "act-s", None)})
+    actions = plan(
+        crm_changes=[CrmUpsert("act-s", "1", series)],
+        graph_changes=[GraphUpsert(master, series=created.series)],
+    )
+    assert kinds(actions) == ["UpdateGraph", "SaveLink"]  # linked to it, no second series, no conflict
+    update = only(actions, UpdateGraph)[0]
+    assert update.fields == {Field.OCCURRENCE_OVERRIDES}
+    assert update.writes_instances

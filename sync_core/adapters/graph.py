@@ -160,6 +160,36 @@ class GraphClient:
         body = self.request("GET", _event_path(event_id), token, replay_safe=True, prefer=_EVENT_PREFER)
         return _event(body)
 
+    def list_instances(
+        self, token: AccessToken, master_id: str, start: datetime, end: datetime, *, top: int, limit: int
+    ) -> tuple[list[GraphEvent], bool, bool]:
+        """The occurrences and exceptions of series ``master_id`` between ``start`` and ``end``, as Graph
+        lists them (by start; ``/instances`` takes no ``$orderby``), following nextLinks, at most ``top`` a
+        page and no further once ``limit`` are read. Also: whether every item was readable (False: one was
+        malformed, so an absent occurrence must not be read as cancelled), and whether ``limit`` cut the
+        list (later instances were not read). 404 → ``ItemGoneError``."""
+        next_url: str | None = (
+            f"{_event_path(master_id)}/instances?startDateTime={_iso(start)}&endDateTime={_iso(end)}"
+            f"&$top={top}"
+        )
+        instances: list[GraphEvent] = []
+        complete = True
+        while next_url is not None:
+            body = self.request("GET", next_url, token, replay_safe=True, prefer=_EVENT_PREFER)
+            items = body.get("value") if isinstance(body, Mapping) else None
+            if not isinstance(items, list):
+                raise RemoteRejectedError("Graph answered a malformed instance list", code="malformed")
+            for item in items:
+                try:
+                    instances.append(parse_event(item))
+                except InvalidRequestError:
+                    complete = False
+            link = body.get("@odata.nextLink")
+            next_url = link if isinstance(link, str) else None
+            if next_url is not None and len(instances) >= limit:
+                return instances, complete, True
+        return instances, complete, False
+
     def create_event(self, token: AccessToken, body: Mapping[str, Any]) -> GraphEvent:
         """POST an event. Replay-safe only because every create we send carries a ``transactionId``: Graph
         answers a repeated one with the event the first request made."""

@@ -26,10 +26,14 @@ from sync_core.domain.crm_mapping import crm_activity_json
 from sync_core.domain.hashing import Base
 from sync_core.domain.mapping import graph_event_body
 from sync_core.domain.model import Activity, CrmVersion, Field, Side
+from sync_core.domain.series_to_graph import graph_series_body
 from sync_core.domain.state import Link
 
 Json = dict[str, Any]
 TRANSACTION_PREFIX = "crmsync."
+_INSTANCE_FIELDS = frozenset(
+    {Field.OCCURRENCE_OVERRIDES, Field.CANCELLED_OCCURRENCES, Field.START_END, Field.RECURRENCE}
+)
 
 
 def digest(*parts: object) -> str:
@@ -81,6 +85,18 @@ class CreateInGraph:
     options: GraphWriteOptions
 
     def body(self) -> Json:
+        if self.activity.is_recurring:
+            # A series is one create of its master (no invitation per occurrence); its overrides and
+            # cancellations follow as instance operations (``series_to_graph``).
+            return graph_series_body(
+                self.activity,
+                for_create=True,
+                now=self.options.now,
+                description_policy=self.options.description_policy,
+                invite_crm_contacts=self.options.invite_crm_contacts,
+                transaction_id=self.transaction_id,
+                default_time_zone=self.options.default_time_zone,
+            )
         return graph_event_body(
             self.activity,
             for_create=True,
@@ -105,7 +121,25 @@ class UpdateGraph:
     already_invited: frozenset[str]
     options: GraphWriteOptions
 
+    @property
+    def writes_instances(self) -> bool:
+        """Whether the series' occurrences must be brought to the activity after the master's PATCH: its
+        overrides or cancellations changed, or its times or pattern did (Outlook then drops exceptions)."""
+        return self.activity.is_recurring and bool(self.fields & _INSTANCE_FIELDS)
+
     def body(self) -> Json:
+        """The PATCH of the event (for a series, of its master; empty when only occurrences change)."""
+        if self.activity.is_recurring:
+            return graph_series_body(
+                self.activity,
+                for_create=False,
+                fields=self.fields,
+                now=self.options.now,
+                description_policy=self.options.description_policy,
+                invite_crm_contacts=self.options.invite_crm_contacts,
+                already_invited=self.already_invited,
+                default_time_zone=self.options.default_time_zone,
+            )
         return graph_event_body(
             self.activity,
             for_create=False,
@@ -275,8 +309,7 @@ class RecordConflict:
 class SkipReason(enum.Enum):
     """Why an item was left alone; ``logged`` reasons go to the user's sync log (kind ``skipped``)."""
 
-    RECURRENCE_UNSUPPORTED = "recurrence_unsupported"  # a series: not half-synced until series sync ships
-    INCOMPLETE_EVENT = "incomplete_event"  # an Outlook event without start or end: fetch it whole
+    INCOMPLETE_EVENT = "incomplete_event"  # an Outlook event without start or end, a master without instances
     DUPLICATE = "duplicate"  # another event already holds this CRM activity
     OWNED_BY_OTHER_USER = "owned_by_other_user"  # a CRM push for an activity another user owns
     OUTSIDE_WINDOW = "outside_window"  # starts outside the sync window (not created; never deleted)
@@ -295,15 +328,13 @@ class SkipReason(enum.Enum):
 
 _LOGGED = frozenset(
     {
-        SkipReason.RECURRENCE_UNSUPPORTED,
         SkipReason.INCOMPLETE_EVENT,
         SkipReason.DUPLICATE,
         SkipReason.OWNED_BY_OTHER_USER,
     }
 )
 _MESSAGES = {
-    SkipReason.RECURRENCE_UNSUPPORTED: "recurring series not yet supported",
-    SkipReason.INCOMPLETE_EVENT: "the Outlook event has no start or end",
+    SkipReason.INCOMPLETE_EVENT: "the Outlook event has no start or end (or its series could not be read)",
     SkipReason.DUPLICATE: "another event is already synced with this CRM activity",
     SkipReason.OWNED_BY_OTHER_USER: "the activity belongs to another user",
     SkipReason.OUTSIDE_WINDOW: "outside the sync window",

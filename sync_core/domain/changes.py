@@ -16,6 +16,7 @@ from sync_core.config import ConflictPolicy, DescriptionPolicy, SyncDirection, S
 from sync_core.domain.crm_mapping import crm_record_from_json
 from sync_core.domain.graph_payloads import GraphEvent
 from sync_core.domain.model import Activity, CrmVersion, PeopleDirectory
+from sync_core.domain.series_from_graph import GraphSeries
 from sync_core.domain.state import Connection, Link, OutboxEntry, OutboxOperation
 
 # --- inputs -------------------------------------------------------------------------------------------------
@@ -23,7 +24,12 @@ from sync_core.domain.state import Connection, Link, OutboxEntry, OutboxOperatio
 
 @dataclass(frozen=True)
 class GraphUpsert:
+    """An Outlook event; for a series, ``event`` is the master and ``series`` what the master and its
+    ``/instances`` hold together (``series_from_graph``): the reconciler gathers it once per series,
+    whichever occurrence the delta named."""
+
     event: GraphEvent
+    series: GraphSeries | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,9 @@ class SyncRequest:
     other_users_links: Sequence[Link] = ()
     force_deletions: bool = False  # the user (or an admin) confirmed a mass deletion
     default_time_zone: str = "UTC"  # the mailbox's zone, for all-day events the CRM gives without one
+    # For linked series whose pattern, times or occurrences Outlook changed: the CRM's series as it is now, by
+    # CRM id, so its exceptions survive a retime (Outlook drops them) and those outside the window are kept.
+    crm_series: Mapping[str, Activity] = field(default_factory=dict)
 
 
 # --- helpers for the gather step ----------------------------------------------------------------------------

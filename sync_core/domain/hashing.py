@@ -17,9 +17,9 @@ the organizer) is the value the CRM was last given, so whatever Outlook holds th
 Series (``model.SERIES_FIELDS``) hash as three fields: the recurrence (pattern and range as they decide the
 occurrences, and the series' zone by its offsets, as above), the overrides (each only by what it changes
 against the series: an override that repeats the series' subject or times changes nothing) and the
-cancellations. They are not in ``HASHED_FIELDS`` yet: the merge of single items stays as it is until series
-sync is wired in, which merges them with ``series_hashes`` (over ``series.within`` the window both sides
-were read in, since Outlook lists a series' instances only within a window).
+cancellations. They are not in ``HASHED_FIELDS``: a single item's base never holds them, and the merge adds
+them for a series only (``merge_item(series=True)``, ``Base.of_synced`` of a series), over ``series.within``
+the window both sides were read in, since Outlook lists a series' instances only within a window.
 
 Attendees are not hashed but kept as lists (``AttendeeBase``): the merge works attendee by attendee, which
 needs the lists themselves (who did the CRM withhold, who did Outlook add).
@@ -174,10 +174,10 @@ class Base:
     @classmethod
     def of_synced(cls, crm: Activity, m365: Activity) -> Base:
         """The base after a sync that left the CRM holding ``crm`` and Outlook holding ``m365``."""
-        return cls(
-            hashes=MappingProxyType({**cls.side_hashes(Side.CRM, crm), **cls.side_hashes(Side.M365, m365)}),
-            attendees=AttendeeBase(crm.attendees, m365.attendees),
-        )
+        hashes = {**cls.side_hashes(Side.CRM, crm), **cls.side_hashes(Side.M365, m365)}
+        if crm.is_recurring or m365.is_recurring:
+            hashes.update({**cls.series_hashes(Side.CRM, crm), **cls.series_hashes(Side.M365, m365)})
+        return cls(hashes=MappingProxyType(hashes), attendees=AttendeeBase(crm.attendees, m365.attendees))
 
     def stored_hashes(self) -> dict[str, str]:
         return {f"{side.value}.{field_.value}": digest for (side, field_), digest in self.hashes.items()}

@@ -26,7 +26,16 @@ from datetime import datetime
 from sync_core.config import ConflictPolicy, DescriptionPolicy, SyncDirection
 from sync_core.domain.hashing import HASHED_FIELDS, AttendeeBase, Base, field_hash, sorted_attendees
 from sync_core.domain.mapping import may_invite
-from sync_core.domain.model import Activity, Attendee, AttendeeKind, AttendeeResponse, Field, Side, When
+from sync_core.domain.model import (
+    SERIES_FIELDS,
+    Activity,
+    Attendee,
+    AttendeeKind,
+    AttendeeResponse,
+    Field,
+    Side,
+    When,
+)
 
 
 @dataclass(frozen=True)
@@ -101,9 +110,12 @@ def merge_item(
     m365: Activity | None,
     m365_known: frozenset[Field],
     rules: MergeRules,
+    series: bool = False,
 ) -> ItemMerge:
     """Merge one linked item. ``m365`` should already carry the CRM's knowledge of its attendees
-    (``mapping.with_people``) so that attendees Outlook added reach the CRM with their kind."""
+    (``mapping.with_people``) so that attendees Outlook added reach the CRM with their kind. ``series``:
+    the item is a series (on either side, or in the base), so the series fields are merged too; both
+    Activities then hold only the overrides and cancellations of the window they were compared in."""
     winner = (
         conflict_winner(rules.conflict_policy, crm, m365) if crm is not None and m365 is not None else None
     )
@@ -111,7 +123,7 @@ def merge_item(
     to_m365: set[Field] = set()
     to_crm: set[Field] = set()
     conflicts: list[Field] = []
-    for field_ in HASHED_FIELDS:
+    for field_ in (*HASHED_FIELDS, *SERIES_FIELDS) if series else HASHED_FIELDS:
         source = _scalar_source(field_, base, crm, m365, m365_known, rules, winner, conflicts)
         crm_hash = field_hash(field_, crm) if crm is not None and not field_.m365_owned else None
         m365_hash = field_hash(field_, m365) if m365 is not None and field_ in m365_known else None

@@ -102,7 +102,7 @@ class Field(enum.Enum):
     ONLINE_MEETING = "online_meeting"  # CRM requestOnlineMeeting ⇄ Outlook isOnlineMeeting
     JOIN_URL = "join_url"  # M365-owned: the Teams join URL, back to the CRM
     ORGANIZER = "organizer"  # M365-owned: who organises a meeting the user was invited to
-    # Series only: hashed by ``hashing`` but not merged yet (``hashing.HASHED_FIELDS`` leaves them out).
+    # Series only: merged for a series alone (``merge_item(series=True)``; not in ``hashing.HASHED_FIELDS``).
     RECURRENCE = "recurrence"  # pattern, range and the series' zone
     OCCURRENCE_OVERRIDES = "occurrence_overrides"  # the changed occurrences (written to Outlook per instance)
     CANCELLED_OCCURRENCES = "cancelled_occurrences"  # the cancelled ones (deleted in Outlook per instance)
@@ -286,7 +286,7 @@ class CrmLinks:
 @dataclass(frozen=True)
 class Activity:
     """A calendar item, side-neutral and normalized. The fields in ``Field`` are synced (the series fields
-    once series sync is wired in); the rest is bookkeeping one side holds (type, owner, timestamps, links).
+    for a series); the rest is bookkeeping one side holds (type, owner, timestamps, links).
 
     A series' overrides are kept in original-start order, one per original start (the last given wins);
     its cancellations sorted and unique."""

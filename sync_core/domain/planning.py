@@ -26,6 +26,11 @@ What the gather step must hand over (``SyncRequest``):
   confirm a removal of a linked event with a GET (404 → ``GraphDeletion``; 200 → ``GraphUpsert`` with the
   event). Removals of unlinked events need no confirmation: they are ignored.
 - Whole events (delta items usually are; an item without start or end is skipped as incomplete).
+- A series as one ``GraphUpsert`` of its master with ``series`` (master + ``/instances``, read over the
+  sync window and judged over ``series.judged_window``), never its occurrences one by one: an occurrence
+  or exception change handed in alone is left for its series.
+- ``crm_series``: for a linked series whose pattern, times or occurrences Outlook changed, the CRM's
+  series now.
 - ``links``: the user's links for every CRM id and Graph id in the changes; ``linked_count``: how many
   links the user has in all (the mass-deletion guard's measure).
 - ``people``: the CRM's ``GET /people`` answer for ``emails_to_look_up(graph_changes)``.
@@ -73,7 +78,7 @@ from sync_core.domain.changes import (
     emails_to_look_up,
 )
 from sync_core.domain.graph_payloads import EventType, GraphEvent
-from sync_core.domain.hashing import Base
+from sync_core.domain.hashing import Base, field_hash, value_hash
 from sync_core.domain.mapping import (
     activity_for_crm,
     activity_from_graph,
@@ -81,8 +86,10 @@ from sync_core.domain.mapping import (
     graph_fields_present,
     with_people,
 )
-from sync_core.domain.merge import MergeRules, changed_fields, merge_item
-from sync_core.domain.model import ALL_FIELDS, Activity, AttendeeResponse, Side
+from sync_core.domain.merge import ItemMerge, MergeRules, changed_fields, merge_item
+from sync_core.domain.model import ALL_FIELDS, SERIES_FIELDS, Activity, AttendeeResponse, Field, Side
+from sync_core.domain.recurrence import Window
+from sync_core.domain.series import judged_window, overlaps_window, rekeyed, within
 from sync_core.domain.state import Link
 from sync_core.errors import InvalidRequestError, MassDeletionError
 
@@ -173,9 +180,8 @@ class _Planner:
             link = self.links_by_crm.get(crm_change.crm_id)
             key = f"crm:{crm_change.crm_id}"
             items[key] = _Item(key, link=link, crm=crm_change)
-        series_skipped: set[str] = set()
         for graph_change in _latest_graph_changes(self.request.graph_changes):
-            item = self._graph_item(graph_change, items, series_skipped, actions)
+            item = self._graph_item(graph_change, items, actions)
             if item is not None:
                 items[item.key] = item
         for key in sorted(items):
@@ -185,28 +191,26 @@ class _Planner:
     # -- joining the two sides -------------------------------------------------------------------------------
 
     def _graph_item(
-        self, change: GraphChange, items: dict[str, _Item], series_skipped: set[str], actions: list[Action]
+        self, change: GraphChange, items: dict[str, _Item], actions: list[Action]
     ) -> _Item | None:
         graph_id = change.event.id if isinstance(change, GraphUpsert) else change.graph_id
         link = self.links_by_graph.get(graph_id)
-        if isinstance(change, GraphUpsert) and change.event.type is not EventType.SINGLE_INSTANCE:
-            # case: a recurring series from Outlook is not half-synced: skipped and listed, once per series.
-            series = change.event.series_master_id or change.event.id
+        if isinstance(change, GraphUpsert) and change.event.type in _INSTANCE_TYPES:
+            return None  # case: an occurrence alone is never planned: its series is (handed in as the master)
+        if (
+            isinstance(change, GraphUpsert)
+            and change.event.type is EventType.SERIES_MASTER
+            and change.series is None
+        ):
+            # case: a series master without its instances: not half-synced (the reconciler reads them).
+            actions.append(
+                Skip(f"m365:{graph_id}", SkipReason.INCOMPLETE_EVENT, link.crm_id if link else None, graph_id)
+            )
             if link is not None:
-                items.pop(f"crm:{link.crm_id}", None)  # the whole item waits for series sync, CRM side too
-            if series not in series_skipped:
-                series_skipped.add(series)
-                actions.append(
-                    Skip(
-                        f"m365:{series}",
-                        SkipReason.RECURRENCE_UNSUPPORTED,
-                        link.crm_id if link else None,
-                        series,
-                    )
-                )
+                items.pop(f"crm:{link.crm_id}", None)
             return None
         if link is None and isinstance(change, GraphUpsert):
-            adopted = self._adopted_link(change.event)
+            adopted = self._adopted_link(change)
             if adopted is None:
                 return _Item(f"m365:{graph_id}", graph=change)
             item = items.get(f"crm:{adopted.crm_id}") or _Item(f"crm:{adopted.crm_id}")
@@ -221,20 +225,21 @@ class _Planner:
         item = items.get(f"crm:{link.crm_id}") or _Item(f"crm:{link.crm_id}", link=link)
         return replace(item, graph=change)
 
-    def _adopted_link(self, event: GraphEvent) -> Link | None:
+    def _adopted_link(self, change: GraphUpsert) -> Link | None:
         """A link for an unlinked Outlook event that is already known by another name, or None."""
+        event = change.event
         ours = crm_id_of_transaction(event.raw.get("transactionId"))
         shared = self.request.shared_meetings.get(event.ical_uid) if event.ical_uid else None
         crm_id = ours or (shared.crm_id if shared is not None else None)
         if crm_id is None:
             return None
-        try:
-            seen = with_people(activity_from_graph(event), self.request.people)
-        except InvalidRequestError:
+        seen = self._outlook_view(change)
+        if seen is None:
             return None
         # case: our own create whose link was not saved (a crash between the two), or the same meeting in
         # another connected user's calendar (iCalUId): link to the activity, assuming it holds what Outlook
-        # holds; a CRM change to it in this run is merged against that.
+        # holds; a CRM change to it in this run is merged against that (for a series: with the occurrences
+        # Outlook holds, so the CRM's overrides a crash left unwritten are written now).
         owner = shared.owner_crm_user_id if ours is None and shared is not None else self.user_id
         return Link(
             user_id=self.user_id,
@@ -262,8 +267,6 @@ class _Planner:
 
     def _linked(self, item: _Item, link: Link) -> list[Action]:
         crm, graph = item.crm, item.graph
-        if isinstance(crm, CrmUpsert) and crm.activity.is_recurring:
-            return [Skip(item.key, SkipReason.RECURRENCE_UNSUPPORTED, link.crm_id, link.graph_id)]
         if isinstance(crm, CrmUpsert) and crm.activity.owner_crm_user_id not in (None, self.user_id):
             # case: reassigned to another user: it leaves this calendar (the new owner's run creates it).
             return [
@@ -276,12 +279,26 @@ class _Planner:
         if isinstance(crm, CrmDeletion) or m365_gone:
             return self._deleted(item, link, crm_gone=isinstance(crm, CrmDeletion), m365_gone=m365_gone)
         base = Base.from_link(link)
-        crm_activity = crm.activity if isinstance(crm, CrmUpsert) else None
+        judged = graph.series.window if isinstance(graph, GraphUpsert) and graph.series else None
+        crm_activity = self._judged(crm.activity, judged) if isinstance(crm, CrmUpsert) else None
         seen = self._outlook_view(graph)
         if isinstance(graph, GraphUpsert) and seen is None:
             return [Skip(item.key, SkipReason.INCOMPLETE_EVENT, link.crm_id, link.graph_id)]
-        known = graph_fields_present(graph.event) if isinstance(graph, GraphUpsert) else frozenset()
-        merged = merge_item(base, crm=crm_activity, m365=seen, m365_known=known, rules=self.merge_rules)
+        known = self._known(graph)
+        series = _is_series(base, crm_activity, seen)
+        read = seen
+        if series and seen is not None:
+            seen = self._outlook_retime_kept(base, link, seen, crm_activity)
+        merged = merge_item(
+            base, crm=crm_activity, m365=seen, m365_known=known, rules=self.merge_rules, series=series
+        )
+        if series:
+            merged = _series_targets(merged, crm_activity, seen)
+        if seen is not read and seen is not None:
+            merged = _exceptions_rewritten(merged, seen)
+        if series:
+            full = crm.activity if isinstance(crm, CrmUpsert) else self.request.crm_series.get(link.crm_id)
+            merged = _outside_kept(merged, full, judged or self._window)
         version = crm.version if isinstance(crm, CrmUpsert) else link.crm_version
         actions: list[Action] = []
         if merged.to_m365 and merged.m365_target is not None:
@@ -432,7 +449,7 @@ class _Planner:
                 None,
                 None,
                 change.version,
-                Base.of_synced(activity, expected),
+                Base.of_synced(self._judged(activity), self._judged(expected)),
             ),
         ]
 
@@ -454,7 +471,7 @@ class _Planner:
     def _new_from_outlook(self, item: _Item, event: GraphEvent) -> list[Action]:
         if event.is_cancelled:
             return [Skip(item.key, SkipReason.CANCELLED, None, event.id)]
-        seen = self._outlook_view(GraphUpsert(event))
+        seen = self._outlook_view(item.graph)
         if seen is None:
             return [Skip(item.key, SkipReason.INCOMPLETE_EVENT, None, event.id)]
         skip = self._creation_blocker(seen, seen.created_at, seen.modified_at, recurring=seen.is_recurring)
@@ -499,13 +516,16 @@ class _Planner:
     def _creation_blocker(
         self, activity: Activity, created: datetime | None, modified: datetime | None, *, recurring: bool
     ) -> SkipReason | None:
-        if recurring:
-            return SkipReason.RECURRENCE_UNSUPPORTED
         # case: the window gates creation only. A linked item keeps syncing wherever an edit moves it (the
         # move is the edit), and an item that leaves the window is never deleted for it.
         now, rules = self.request.now, self.rules
         start = activity.starts_at
-        if (
+        if recurring:
+            # case: a series is in the window when one of its occurrences is (a weekly meeting that began
+            # years ago still runs).
+            if not overlaps_window(activity, self._window):
+                return SkipReason.OUTSIDE_WINDOW
+        elif (
             not now - timedelta(days=rules.window_past_days)
             <= start
             <= now + timedelta(days=rules.window_future_days)
@@ -536,10 +556,132 @@ class _Planner:
     def _outlook_view(self, change: GraphChange | None) -> Activity | None:
         if not isinstance(change, GraphUpsert):
             return None
+        if change.series is not None:
+            return with_people(change.series.activity, self.request.people)
         try:
             return with_people(activity_from_graph(change.event), self.request.people)
         except InvalidRequestError:
             return None
+
+    def _known(self, change: GraphChange | None) -> frozenset[Field]:
+        """The fields an Outlook change tells (a gathered series tells its series fields too)."""
+        if not isinstance(change, GraphUpsert):
+            return frozenset()
+        present = graph_fields_present(change.event)
+        return present | frozenset(SERIES_FIELDS) if change.series is not None else present
+
+    @property
+    def _window(self) -> Window:
+        return judged_window(self.request.now, self.rules.window_past_days, self.rules.window_future_days)
+
+    def _judged(self, activity: Activity, window: Window | None = None) -> Activity:
+        """A CRM series as far as Outlook's instances are read: its overrides and cancellations in the window
+        (``window``: where Outlook's read of this series judged them; the others are never compared, and
+        never written from an Outlook read)."""
+        return within(activity, window or self._window) if activity.is_recurring else activity
+
+    def _outlook_retime_kept(
+        self, base: Base, link: Link, seen: Activity, crm_activity: Activity | None
+    ) -> Activity:
+        """case: Outlook retimed the whole series (pattern or times) and dropped its exceptions, as Outlook
+        does: the CRM's overrides and cancellations are carried over to the new series' occurrences on the
+        same dates (``series.rekeyed``), so the exception survives on both sides (the merge writes them back
+        to Outlook as the CRM's)."""
+        retimed = any(
+            base.hash_of(Side.M365, field_) not in (None, field_hash(field_, seen))
+            for field_ in (Field.RECURRENCE, Field.START_END)
+        )
+        previous = crm_activity or self.request.crm_series.get(link.crm_id)
+        if not retimed or previous is None or not previous.is_recurring or not seen.is_recurring:
+            return seen
+        if seen.occurrence_overrides or seen.cancelled_occurrences:
+            return seen  # Outlook kept (or was given) exceptions of its own: they are what it holds
+        return self._judged(rekeyed(seen, self._judged(previous)))
+
+
+_INSTANCE_TYPES = frozenset({EventType.OCCURRENCE, EventType.EXCEPTION})
+
+
+def _is_series(base: Base, crm: Activity | None, m365: Activity | None) -> bool:
+    """A series on either side now, or when last synced (a series that became a single item still merges
+    its series fields, so the change reaches the other side)."""
+    if (crm is not None and crm.is_recurring) or (m365 is not None and m365.is_recurring):
+        return True
+    single = value_hash(None)
+    return any(base.hash_of(side, Field.RECURRENCE) not in (None, single) for side in (Side.CRM, Side.M365))
+
+
+def _series_targets(merged: ItemMerge, crm: Activity | None, m365: Activity | None) -> ItemMerge:
+    """Each target with the series fields of the side whose value each field takes: one Activity holds the
+    writes to one side, and a field of a series may come from either side (the CRM's new subject, Outlook's
+    moved occurrence)."""
+
+    def composed(target: Activity | None, fields: frozenset[Field], source: Activity | None,
+                 other: Activity | None) -> Activity | None:  # fmt: skip
+        if target is None:
+            return None
+        overrides_from = source if Field.OCCURRENCE_OVERRIDES in fields else other
+        cancelled_from = source if Field.CANCELLED_OCCURRENCES in fields else other
+        return replace(
+            target,
+            occurrence_overrides=(overrides_from or target).occurrence_overrides,
+            cancelled_occurrences=(cancelled_from or target).cancelled_occurrences,
+        )
+
+    return replace(
+        merged,
+        m365_target=composed(merged.m365_target, merged.to_m365, crm, m365),
+        crm_target=composed(merged.crm_target, merged.to_crm, m365, crm),
+    )
+
+
+def _exceptions_rewritten(merged: ItemMerge, kept: Activity) -> ItemMerge:
+    """The merge, plus writing ``kept``'s overrides and cancellations back to Outlook (which dropped them
+    when the series was retimed there)."""
+    target = merged.m365_target or kept
+    return replace(
+        merged,
+        to_m365=merged.to_m365 | {Field.OCCURRENCE_OVERRIDES, Field.CANCELLED_OCCURRENCES},
+        m365_target=replace(
+            target,
+            occurrence_overrides=kept.occurrence_overrides,
+            cancelled_occurrences=kept.cancelled_occurrences,
+        ),
+    )
+
+
+def _outside_kept(merged: ItemMerge, crm_series: Activity | None, window: Window) -> ItemMerge:
+    """case: Outlook's overrides and cancellations reach the CRM for the window they were read in; the CRM's
+    entries outside it (an exception months ago) are kept, not erased by a PATCH that replaces the whole
+    list. After a retime they move to the new series' occurrence on their date (``series.rekeyed``)."""
+    target = merged.crm_target
+    occurrence_fields = {Field.OCCURRENCE_OVERRIDES, Field.CANCELLED_OCCURRENCES}
+    if target is None or crm_series is None or not crm_series.is_recurring or not target.is_recurring:
+        return merged
+    if not merged.to_crm & occurrence_fields:
+        return merged
+    inside = within(crm_series, window)
+    outside = replace(
+        crm_series,
+        occurrence_overrides=tuple(
+            o for o in crm_series.occurrence_overrides if o not in inside.occurrence_overrides
+        ),
+        cancelled_occurrences=tuple(
+            c for c in crm_series.cancelled_occurrences if c not in inside.cancelled_occurrences
+        ),
+    )
+    if not outside.occurrence_overrides and not outside.cancelled_occurrences:
+        return merged
+    carried = rekeyed(target, outside)
+    return replace(
+        merged,
+        to_crm=merged.to_crm | occurrence_fields,
+        crm_target=replace(
+            target,
+            occurrence_overrides=(*target.occurrence_overrides, *carried.occurrence_overrides),
+            cancelled_occurrences=(*target.cancelled_occurrences, *carried.cancelled_occurrences),
+        ),
+    )
 
 
 def _latest_crm_changes(changes: Iterable[CrmChange]) -> list[CrmChange]:

@@ -8,18 +8,38 @@ here compare keys only after normalizing them, so a CRM's ``10:00+01:00`` and Gr
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 
 from sync_core.domain.model import Activity, AllDay, OccurrenceOverride, Timed
 from sync_core.domain.recurrence import (
     OccurrenceKey,
     Window,
+    expand_series,
     is_occurrence,
     occurrence_key,
     occurrence_times,
     series_zone,
 )
 from sync_core.domain.timezones import zone
+
+# Outlook's instances are listed over the sync window and judged over the window less this margin at each
+# end (``series_from_graph``): an exception moved by less than this is never mistaken for a cancellation.
+INSTANCE_MARGIN = timedelta(days=1)
+
+
+def sync_window(now: datetime, past_days: int, future_days: int) -> Window:
+    """The span a series' instances are read and written in: the sync window (design §5)."""
+    return Window(now - timedelta(days=past_days), now + timedelta(days=future_days))
+
+
+def judged_window(now: datetime, past_days: int, future_days: int) -> Window:
+    """The part of the sync window where both sides' overrides and cancellations are compared."""
+    return sync_window(now, past_days, future_days).shrunk(INSTANCE_MARGIN)
+
+
+def overlaps_window(series: Activity, window: Window) -> bool:
+    """Whether a series has an occurrence in ``window`` (where the pattern puts it)."""
+    return bool(expand_series(series, window=window, max_occurrences=1).occurrences)
 
 
 def override_of(series: Activity, key: OccurrenceKey) -> OccurrenceOverride | None:

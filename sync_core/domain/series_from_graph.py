@@ -66,12 +66,14 @@ class InstanceIndex:
 class GraphSeries:
     """A series read from Outlook: the Activity, the instance id of each listed occurrence (for
     ``series_to_graph``), the ids of instances that fit no occurrence, and whether ``max_occurrences`` cut
-    the expansion (then occurrences past the cut were not judged)."""
+    the expansion (then occurrences past the cut were not judged); ``window``: where its overrides and
+    cancellations were judged (compare the other side's over the same span: ``series.within``)."""
 
     activity: Activity
     instance_ids: Mapping[OccurrenceKey, str] = field(default_factory=lambda: MappingProxyType({}))
     unmatched: tuple[str, ...] = ()
     truncated: bool = False
+    window: Window | None = None
 
 
 def series_from_graph(
@@ -121,6 +123,7 @@ def series_from_graph(
         instance_ids=MappingProxyType({key: instance.id for key, instance in index.by_key.items()}),
         unmatched=tuple(instance.id for instance in index.unmatched),
         truncated=expansion.truncated,
+        window=judged,
     )
 
 

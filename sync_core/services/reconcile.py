@@ -52,6 +52,7 @@ from sync_core.domain.actions import (
     DeleteInCrm,
     DeleteInGraph,
     DropLink,
+    GraphWriteOptions,
     GraphWriteResult,
     RecordConflict,
     SaveLink,
@@ -76,7 +77,7 @@ from sync_core.domain.changes import (
 from sync_core.domain.connection_view import ConnectionEvent, conflict_event, sync_error_event
 from sync_core.domain.crm_mapping import CrmRecord
 from sync_core.domain.graph_payloads import Changed, DeltaPage, GraphEvent, Removed, parse_event
-from sync_core.domain.model import AttendeeKind, PeopleDirectory
+from sync_core.domain.model import Activity, AttendeeKind, PeopleDirectory
 from sync_core.domain.planning import plan_sync
 from sync_core.domain.state import (
     Connection,
@@ -104,6 +105,7 @@ from sync_core.errors import (
     TokenRevokedError,
     TransientRemoteError,
 )
+from sync_core.services.series_sync import SeriesSync, outlook_changed_series
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +141,17 @@ class GraphCalendar(Protocol):
     ) -> GraphEvent: ...
 
     def delete_event(self, token: Callable[[], str], event_id: str) -> bool: ...
+
+    def list_instances(
+        self,
+        token: Callable[[], str],
+        master_id: str,
+        start: datetime,
+        end: datetime,
+        *,
+        top: int,
+        limit: int,
+    ) -> tuple[list[GraphEvent], bool, bool]: ...
 
 
 class CrmActivities(Protocol):
@@ -308,6 +321,7 @@ class _Round:
     links: _LinkCache | None = None
     lease: Versioned[Lease] | None = None
     claims: dict[str, Versioned[MeetingClaim]] = field(default_factory=dict)  # meetings this round claimed
+    series_read: set[str] = field(default_factory=set)  # series masters this round read (once a round)
 
     @property
     def cache(self) -> _LinkCache:
@@ -344,6 +358,7 @@ class Reconciler:
         self._holder = holder or f"run-{uuid.uuid4().hex[:12]}"
         # Items of one page are written concurrently, within Outlook's 4 concurrent requests per mailbox.
         self._pool = ThreadPoolExecutor(ITEM_WRITERS, thread_name_prefix="reconcile")
+        self._series = SeriesSync(graph, policy)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -478,6 +493,7 @@ class Reconciler:
                 self._storage.cursors.delete(user_id, EVENTS)
                 cursor = None
             state.cache.load_all()
+            state.series_read.clear()
             delta_link = self._pages(state, report, self._full_round_url(state.now))
         # The changes no page held an item of (the common case: creates and edits of unchanged events).
         if state.crm_changes:
@@ -519,6 +535,7 @@ class Reconciler:
         """The page's items as planner input. A removal only counts as a deletion once confirmed: Graph also
         reports events that merely left the window, and one outside the window is never deleted."""
         changes: dict[str, GraphChange] = {}
+        unlinked_removals = False
         for item in page.items:
             if isinstance(item, Changed):
                 try:
@@ -530,12 +547,22 @@ class Reconciler:
                 continue
             assert isinstance(item, Removed)
             if state.cache.by_graph_id(item.id) is None:
+                unlinked_removals = True  # never synced, or an occurrence of a series (gathered below)
                 continue  # never synced: nothing to delete
             try:
                 changes[item.id] = GraphUpsert(self._graph.get_event(state.token, item.id))
             except ItemGoneError:
                 changes[item.id] = GraphDeletion(item.id)
-        return list(changes.values())
+        return self._series.gather(
+            state.token,
+            list(changes.values()),
+            now=state.now,
+            unlinked_removals=unlinked_removals,
+            already_read=state.series_read,
+            series_links=lambda: (
+                link.value for link in self._storage.links.list_for_user(state.connection.user_id)
+            ),
+        )
 
     def _crm_changes_for(self, state: _Round, graph_changes: Sequence[GraphChange]) -> list[CrmChange]:
         """Outbox changes of the items this page holds (taken out of the round's remaining changes)."""
@@ -573,9 +600,30 @@ class Reconciler:
             people=people,
             shared_meetings=self._shared_meetings(user_id, graph_changes, links),
             other_users_links=[link.value for link in other_links.values()],
+            crm_series=self._crm_series(graph_changes, links),
         )
         actions = self._plan(state, request)
         self._apply(state, report, actions, _Known(links, other_links), request)
+
+    def _crm_series(
+        self, graph_changes: Sequence[GraphChange], links: Mapping[str, Versioned[Link]]
+    ) -> dict[str, Activity]:
+        """The CRM's series, for linked series whose pattern, times or occurrences Outlook changed (a retime
+        drops Outlook's exceptions, the CRM still holds them; exceptions outside the window Outlook was read
+        in are the CRM's alone): one CRM read per such series change."""
+        by_graph = {link.value.graph_id: link.value for link in links.values()}
+        found: dict[str, Activity] = {}
+        for change in graph_changes:
+            if not isinstance(change, GraphUpsert) or change.series is None:
+                continue
+            link = by_graph.get(change.event.id)
+            if link is None or not outlook_changed_series(link, change.series.activity):
+                continue
+            try:
+                found[link.crm_id] = self._crm.get_activity(link.crm_id).activity
+            except ItemGoneError:
+                continue  # deleted in the CRM meanwhile: its push decides
+        return found
 
     def _shared_meetings(
         self, user_id: str, graph_changes: Sequence[GraphChange], links: Mapping[str, Versioned[Link]]
@@ -791,10 +839,20 @@ class Reconciler:
                     event = self._graph.create_event(token, action.body())
                     graph_result = GraphWriteResult(event.id, event.change_key, event.ical_uid)
                     report.count("writes_to_graph")
+                    if action.activity.is_recurring:
+                        self._write_instances(state, report, event.id, action.activity, action.options, True)
                 elif isinstance(action, UpdateGraph):
-                    event = self._graph.update_event(token, action.graph_id, action.body())
-                    graph_result = GraphWriteResult(event.id, event.change_key, event.ical_uid)
-                    report.count("writes_to_graph")
+                    body = action.body()
+                    if body or not action.activity.is_recurring:
+                        event = self._graph.update_event(token, action.graph_id, body)
+                        graph_result = GraphWriteResult(event.id, event.change_key, event.ical_uid)
+                        report.count("writes_to_graph")
+                    else:  # case: only occurrences of the series change: no PATCH of the master
+                        graph_result = GraphWriteResult(action.graph_id, None)
+                    if action.writes_instances:
+                        self._write_instances(
+                            state, report, action.graph_id, action.activity, action.options, False
+                        )
                 elif isinstance(action, DeleteInGraph):
                     self._graph.delete_event(self._token_of(state, action.user_id), action.graph_id)
                     report.count("writes_to_graph")
@@ -845,6 +903,19 @@ class Reconciler:
                     return _Outcome.SKIPPED
                 raise
         return graph_result, crm_result
+
+    def _write_instances(
+        self,
+        state: _Round,
+        report: RunReport,
+        master_id: str,
+        activity: Activity,
+        options: GraphWriteOptions,
+        created: bool,
+    ) -> None:
+        written = self._series.write_instances(state.token, master_id, activity, options, created=created)
+        for _ in range(written.writes):
+            report.count("writes_to_graph")
 
     def _token_of(self, state: _Round, user_id: str) -> Callable[[], str]:
         """This run's token, or (an activity reassigned away from ``user_id``) that user's."""

@@ -7,13 +7,13 @@
 - classification: ``test_an_outlook_event_with_a_contact_of_an_account_becomes_a_meeting_for_good``
 - attendees and description: ``test_crm_users_are_invited_but_contacts_are_not_when_inviting_is_off``,
   ``test_the_description_follows_edits_both_ways_by_default``
-- a recurring series: ``test_a_recurring_series_from_outlook_is_skipped_and_logged_not_half_synced``
 - a modification beats a deletion: ``test_an_outlook_deletion_loses_to_a_concurrent_crm_edit``,
   ``test_a_crm_deletion_loses_to_a_concurrent_outlook_edit``,
   ``test_a_crm_deletion_pushed_late_still_loses_to_the_outlook_edit``
 - the mass-deletion guard: ``test_a_mass_deletion_in_outlook_deletes_nothing_and_flags_the_user``
 
-Directions (tenant and per user) are in ``test_sync_directions``; conflicts in ``test_sync_conflicts``.
+Directions (tenant and per user) are in ``test_sync_directions``; conflicts in ``test_sync_conflicts``;
+recurring series in ``test_sync_series``.
 Changes are made as people make them; the sync runs by itself (webhook or push → queue → reconcile).
 """
 
@@ -302,53 +302,6 @@ def test_the_description_follows_edits_both_ways_by_default(stack: SyncStack) ->
     assert outlook_body() == "Agenda v3"
     assert stack.one_activity(user, "Planning") is not None
     assert stack.one_event(user, "Planning") is not None
-
-
-# --- a recurring series -----------------------------------------------------------------------------------
-
-
-def test_a_recurring_series_from_outlook_is_skipped_and_logged_not_half_synced(stack: SyncStack) -> None:
-    user = stack.connect("erin")
-    start, end = slot(7, 8)
-    series = stack.outlook_create(
-        user,
-        timed_event(
-            "Weekly standup",
-            start,
-            end,
-            recurrence={
-                "pattern": {"type": "daily", "interval": 7},
-                "range": {"type": "numbered", "startDate": start[:10], "numberOfOccurrences": 4},
-            },
-        ),
-    )
-    stack.outlook_create(user, timed_event("One-off", *slot(8)))  # a single event beside it syncs
-    wait_until(lambda: stack.one_activity(user, "One-off"), what="the single event in the CRM")
-
-    def skipped() -> list[dict[str, Any]]:
-        return [
-            entry
-            for entry in stack.status(user)["syncLog"]
-            if entry["kind"] == "skipped" and entry["reason"] == "recurrence_unsupported"
-        ]
-
-    entries = wait_until(skipped, what="the series in the sync log")
-    stack.settle()
-    series_id = stack.immutable_id(user, series["id"])
-    assert [entry["item"]["graphEventId"] for entry in skipped()] == [series_id]  # one entry: the series
-    assert entries[0]["item"]["crmId"] is None
-    assert [a["subject"] for a in stack.crm_activities(user)] == ["One-off"]
-
-    # Editing the series does not half-sync it either.
-    stack.outlook_update(user, series["id"], {"subject": "Weekly standup (new room)"})
-    stack.outlook_create(user, timed_event("Second one-off", *slot(9)))
-    wait_until(lambda: stack.one_activity(user, "Second one-off"), what="the next single event")
-    stack.settle()
-    assert sorted(a["subject"] for a in stack.crm_activities(user)) == ["One-off", "Second one-off"]
-    master = stack.outlook_event(user, series["id"])
-    assert master is not None  # Outlook keeps its series as the user left it
-    assert master["subject"] == "Weekly standup (new room)"
-    assert stack.status(user)["lastError"] is None
 
 
 # --- a modification beats a deletion ----------------------------------------------------------------------

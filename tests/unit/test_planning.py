@@ -26,7 +26,7 @@ from sync_core.domain.actions import (
     UpdateGraph,
     crm_id_of_transaction,
 )
-from sync_core.domain.graph_payloads import GraphEvent, PatternType, RangeType, parse_event
+from sync_core.domain.graph_payloads import GraphEvent, parse_event
 from sync_core.domain.hashing import Base
 from sync_core.domain.mapping import activity_from_graph, graph_event_body
 from sync_core.domain.model import (
@@ -38,9 +38,6 @@ from sync_core.domain.model import (
     Field,
     PeopleDirectory,
     Person,
-    Recurrence,
-    RecurrencePattern,
-    RecurrenceRange,
     Side,
     Timed,
 )
@@ -561,40 +558,6 @@ def test_owner_reassignment_moves_the_event_between_calendars() -> None:
 
 
 # --- what is not synced -------------------------------------------------------------------------------------
-
-
-def test_recurring_series_from_outlook_is_skipped_and_logged_once() -> None:
-    master = graph_event("AAMk-s", activity(), type="seriesMaster")
-    occurrences = [
-        graph_event(
-            f"AAMk-s-{day}",
-            activity(start=TOMORROW + timedelta(days=day)),
-            type="occurrence",
-            seriesMasterId="AAMk-s",
-        )
-        for day in range(3)
-    ]
-    actions = plan(graph_changes=[GraphUpsert(event) for event in (master, *occurrences)])
-    skip = only(actions, Skip)
-    assert len(actions) == len(skip) == 1
-    assert (skip[0].reason, skip[0].graph_id, skip[0].reason.logged) == (
-        SkipReason.RECURRENCE_UNSUPPORTED,
-        "AAMk-s",
-        True,
-    )
-    assert skip[0].reason.value == "recurrence_unsupported"  # the contract's sync-log reason
-
-
-def test_recurring_crm_activity_is_skipped() -> None:
-    weekly = Recurrence(
-        RecurrencePattern(PatternType.WEEKLY, 1, ("tuesday",)),
-        RecurrenceRange(RangeType.NUMBERED, TOMORROW.date(), None, 5),
-    )
-    actions = plan(crm_changes=[CrmUpsert("act-1", "1", activity(recurrence=weekly))])
-    assert [(s.reason, s.reason.logged) for s in only(actions, Skip)] == [
-        (SkipReason.RECURRENCE_UNSUPPORTED, True)
-    ]
-    assert len(actions) == 1
 
 
 def test_calls_and_tasks_are_not_synced() -> None:

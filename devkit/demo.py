@@ -5,10 +5,13 @@ on function_app.py (pointed at them), connects a demo user through the real sign
 service to connect, a scripted browser signs in at the identity emulator and posts the answer back to the
 callback), then makes changes as people make them and times each one until it shows on the other side:
 an Outlook create, update and delete reaching the CRM; a CRM create, update and delete reaching Outlook; and
-one event edited on both sides at once (subject in Outlook, location in the CRM) merged field by field. Then
+one event edited on both sides at once (subject in Outlook, location in the CRM) merged field by field; a
+weekly series with one moved and one cancelled occurrence made in Outlook reaching the CRM, and one made in
+the CRM reaching Outlook. Then
 it stops everything it started. Exit code 0 when every step passed; 1 with the failing step's reason otherwise
 (a change that has not arrived after --timeout seconds fails its step). The host's log stays in
-.devkit/demo/host/host.log. The steps are ``SETUP_STEPS`` here and ``SYNC_STEPS`` in devkit/demo_sync.py.
+.devkit/demo/host/host.log. The steps are ``SETUP_STEPS`` here, ``SYNC_STEPS`` and ``CHECK_STEPS`` in
+devkit/demo_sync.py and ``SERIES_STEPS`` in devkit/demo_series.py.
 """
 
 from __future__ import annotations
@@ -225,9 +228,10 @@ SETUP_STEPS: tuple[Step, ...] = (
 
 
 def steps() -> tuple[Step, ...]:
-    from devkit.demo_sync import SYNC_STEPS
+    from devkit.demo_series import SERIES_STEPS
+    from devkit.demo_sync import CHECK_STEPS, SYNC_STEPS
 
-    return (*SETUP_STEPS, *SYNC_STEPS, ("Stop everything", stop_everything))
+    return (*SETUP_STEPS, *SYNC_STEPS, *SERIES_STEPS, *CHECK_STEPS, ("Stop everything", stop_everything))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from devkit.demo import DemoError, DemoRun, steps
+from devkit.demo_series import SERIES_STEPS
 from devkit.demo_sync import SYNC_STEPS, arrival
 from devkit.host_process import REPO_ROOT
 
@@ -44,7 +45,7 @@ def test_the_demo_syncs_both_ways_and_prints_every_step(tmp_path: Path) -> None:
     for number, (title, _) in enumerate(all_steps, start=1):
         line = rf"^{MARK} \[{number}/{len(all_steps)}\] {re.escape(title)} — "
         assert re.search(line, result.stdout, re.MULTILINE), f"no line for step {title!r}:\n{output}"
-    for title, _ in SYNC_STEPS[:7]:
+    for title, _ in (*SYNC_STEPS, *SERIES_STEPS):
         timed = rf"\] {re.escape(title)} — arrived in \d+ ms$"
         assert re.search(timed, result.stdout, re.MULTILINE), f"no timing for {title!r}:\n{output}"
     assert "GET /api/health → 200" in result.stdout
@@ -52,7 +53,7 @@ def test_the_demo_syncs_both_ways_and_prints_every_step(tmp_path: Path) -> None:
     assert "docs/operations.md" in result.stdout
     assert str(tmp_path / "host" / "host.log") in result.stdout
     assert "GET /api/users/usr-megan/status" in result.stdout
-    assert "demo finished: 7 changes synced" in result.stdout
+    assert "demo finished: 9 changes synced" in result.stdout
     assert (tmp_path / "host" / "host.log").stat().st_size > 0
     assert took < 120, f"the demo took {took:.0f} s"
 

@@ -133,6 +133,12 @@ def _path_errors(user_id: str, crm_id: str) -> dict[str, str]:
     return errors
 
 
+def may_be_older_than_synced(entry: OutboxEntry) -> bool:
+    """Whether ``older_than_synced`` could say yes for some link: when not (a deletion, or no CRM
+    ``modifiedAt``), the push needs no look at its link (a Table read spared)."""
+    return entry.operation is OutboxOperation.UPSERT and entry.crm_modified_at is not None
+
+
 def older_than_synced(entry: OutboxEntry, link: Link | None) -> bool:
     """A pushed change older than the version already synced (its link's CRM ``modifiedAt``): a late retry,
     answered ``superseded`` and never applied. Deletions are never older."""

@@ -32,6 +32,7 @@ from sync_core.domain.activity_push import (
     PushStatus,
     accepts_pushes,
     delete_entry,
+    may_be_older_than_synced,
     older_than_synced,
     push_status,
     upsert_entry,
@@ -76,7 +77,7 @@ class ActivityPushes:
         if not accepts_pushes(None if current is None else current.value):
             log.info("activity_push: user %s is not connected; %s of %s refused", user_id, operation, crm_id)
             raise UserNotConnectedError(user_id)
-        if self._links is not None:
+        if self._links is not None and may_be_older_than_synced(entry):
             link = self._links.get_by_crm_id(user_id, crm_id)
             if older_than_synced(entry, None if link is None else link.value):
                 log.info(

@@ -440,6 +440,24 @@ def test_links_are_found_by_both_ids_and_listed_per_user(storage: TableStorage) 
     )
 
 
+def test_links_are_found_many_at_once_by_either_id(storage: TableStorage) -> None:
+    # 40 links: the lookups span several queries (14 keys each), and awkward ids survive the filter's quoting.
+    ids = [(f"crm-{n}'{AWKWARD_ID}", f"AAMk/+={n}'q") for n in range(40)]
+    saved = storage.links.write(
+        AWKWARD_ID, [LinkWrite(link(crm_id, graph_id, user_id=AWKWARD_ID)) for crm_id, graph_id in ids]
+    )
+    storage.links.write("user-2", [LinkWrite(link(ids[0][0], "elsewhere", user_id="user-2"))])
+    wanted = [graph_id for _crm_id, graph_id in ids[::2]] + ["never-linked", "elsewhere"]
+    by_graph = storage.links.find_by_graph_ids(AWKWARD_ID, wanted)
+    assert by_graph == {ids[n][1]: saved[n] for n in range(0, 40, 2)}
+    by_crm = storage.links.find_by_crm_ids(AWKWARD_ID, [crm_id for crm_id, _graph_id in ids] + ["nope"])
+    assert by_crm == {ids[n][0]: saved[n] for n in range(40)}
+    assert storage.links.find_by_crm_ids("user-2", [ids[0][0], ids[1][0]]) == {
+        ids[0][0]: storage.links.get_by_crm_id("user-2", ids[0][0])
+    }
+    assert storage.links.find_by_graph_ids(AWKWARD_ID, []) == {}
+
+
 def test_link_graph_id_change_moves_the_index(storage: TableStorage) -> None:
     (first,) = storage.links.write("user-1", [LinkWrite(link("crm-1", "g-old"))])
     (moved,) = storage.links.write(
@@ -516,6 +534,22 @@ def test_outbox_delete_handled_never_deletes_a_newer_change(storage: TableStorag
     assert not outbox.has_pending("user-1")
 
 
+def test_outbox_rows_handled_together_go_in_one_call_and_a_newer_change_stays(storage: TableStorage) -> None:
+    outbox = storage.outbox
+    for number in range(120):  # more than one transaction holds
+        outbox.put(replace(outbox_entry(1), crm_id=f"act-{number}"))
+    handled = outbox.list_for_user("user-1")
+    assert outbox.delete_all_handled(handled) == 120
+    assert not outbox.has_pending("user-1")
+    for number in range(3):
+        outbox.put(replace(outbox_entry(1), crm_id=f"act-{number}"))
+    handled = outbox.list_for_user("user-1")
+    outbox.put(replace(outbox_entry(2), crm_id="act-1"))  # arrives while the run applies version 1
+    assert outbox.delete_all_handled(handled) == 2
+    (waiting,) = outbox.list_for_user("user-1")
+    assert (waiting.value.crm_id, waiting.value.crm_version) == ("act-1", "v2")
+
+
 # --- subscriptions ------------------------------------------------------------------------------------------
 
 
@@ -575,6 +609,32 @@ def test_mark_dirty_and_list_all_connections(storage: TableStorage) -> None:
     assert storage.connections.mark_dirty("nobody", NOW) is False
     dirty = {c.value.user_id: (c.value.dirty, c.value.dirty_since) for c in storage.connections.list_all()}
     assert dirty == {"user-1": (True, NOW), "user-2": (False, None)}
+
+
+def test_end_round_starts_the_next_round_in_the_same_write_when_dirty(storage: TableStorage) -> None:
+    connections = storage.connections
+    connections.put(connection("user-1"))
+    started = connections.start_round("user-1", NOW + MINUTE)
+    assert started is not None
+    assert started.value.running_until == NOW + MINUTE
+    assert connections.mark_dirty("user-1", NOW) is False  # a run is on: it looks at the flag itself
+    dirty, next_round = connections.end_round("user-1", lambda c: None, next_round_until=NOW + 2 * MINUTE)
+    assert dirty is True
+    assert next_round is not None
+    assert (next_round.value.dirty, next_round.value.running_until) == (False, NOW + 2 * MINUTE)
+    assert connections.get("user-1") == next_round
+    # Clean at the end: the run ends in that write (no run on), and no next round is started.
+    dirty, next_round = connections.end_round("user-1", lambda c: None, next_round_until=NOW + 3 * MINUTE)
+    assert (dirty, next_round) == (False, None)
+    stored = connections.get("user-1")
+    assert stored is not None
+    assert stored.value.running_until is not None
+    assert stored.value.running_until < NOW
+    # Dirty at the run's last round (no next_round_until): the flag stays for the next message's run.
+    connections.start_round("user-1", NOW + MINUTE)
+    connections.mark_dirty("user-1", NOW)
+    assert connections.end_round("user-1", lambda c: None) == (True, None)
+    assert connections.is_dirty("user-1")
 
 
 def test_an_id_too_long_for_a_key_is_refused_clearly(storage: TableStorage) -> None:

@@ -90,6 +90,7 @@ from sync_core.errors import (
     SettingsError,
     StoreError,
     StoreUnavailableError,
+    UserNotConnectedError,
 )
 
 log = logging.getLogger(__name__)
@@ -636,17 +637,30 @@ class ConnectionStore:
     def put(self, connection: Connection, *, etag: str | None = None) -> Versioned[Connection]:
         return Versioned(connection, _put(self._table, _connection_entity(connection), etag))
 
-    def mark_dirty(self, user_id: str, now: datetime) -> bool:
+    def mark_dirty(
+        self,
+        user_id: str,
+        now: datetime,
+        *,
+        accepts: Callable[[ConnectionState], bool] | None = None,
+    ) -> bool:
         """Flag the user as needing a run; True when the caller must queue one: the user was clean and no
         run is going on. False: no connection, already dirty, or a run is on (it looks at the flag before it
         ends, and once more after letting go).
 
         The notification path calls this: when the flag is already set it costs one read and no write. It
         reads and writes only the flag's properties (a merge under the row's ETag).
+
+        ``accepts``: the connection's state must pass it, else (or without a connection) nothing is written
+        and ``UserNotConnectedError`` is raised: the CRM's push checks its user with this same read.
         """
         partition_key = _key("", user_id)
         for _attempt in range(_MAX_ATTEMPTS):
-            current = self._table.get(partition_key, _CONNECTION_ROW, select=("Dirty", "RunningUntil"))
+            current = self._table.get(
+                partition_key, _CONNECTION_ROW, select=("Dirty", "RunningUntil", "State")
+            )
+            if accepts is not None and (current is None or not accepts(ConnectionState(current["State"]))):
+                raise UserNotConnectedError(user_id)
             if current is None:
                 return False
             if current.get("Dirty"):

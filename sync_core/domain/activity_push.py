@@ -107,7 +107,12 @@ def delete_entry(user_id: str, crm_id: str, version: str | None, received_at: da
 
 def accepts_pushes(connection: Connection | None) -> bool:
     """True unless the user never connected or disconnected: other states queue the change for later."""
-    return connection is not None and connection.state is not ConnectionState.DISCONNECTED
+    return connection is not None and accepts_pushes_in(connection.state)
+
+
+def accepts_pushes_in(state: ConnectionState) -> bool:
+    """``accepts_pushes`` for a connection in ``state``."""
+    return state is not ConnectionState.DISCONNECTED
 
 
 def push_status(sent: OutboxEntry, kept: OutboxEntry) -> PushStatus:

@@ -38,7 +38,13 @@ from sync_core.domain.state import (
     SubscriptionRecord,
     Versioned,
 )
-from sync_core.errors import ConflictError, LeaseHeldError, NotFoundError, StoreError
+from sync_core.errors import (
+    ConflictError,
+    LeaseHeldError,
+    NotFoundError,
+    StoreError,
+    UserNotConnectedError,
+)
 
 NOW = datetime(2026, 3, 14, 9, 26, 53, 589793, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
@@ -609,6 +615,25 @@ def test_mark_dirty_and_list_all_connections(storage: TableStorage) -> None:
     assert storage.connections.mark_dirty("nobody", NOW) is False
     dirty = {c.value.user_id: (c.value.dirty, c.value.dirty_since) for c in storage.connections.list_all()}
     assert dirty == {"user-1": (True, NOW), "user-2": (False, None)}
+
+
+def test_mark_dirty_checks_the_state_in_the_same_read_and_refuses_without_writing(
+    storage: TableStorage,
+) -> None:
+    connections = storage.connections
+    connections.put(replace(connection("user-1"), state=ConnectionState.DISCONNECTED))
+    connections.put(replace(connection("user-2"), state=ConnectionState.RECONNECT_REQUIRED))
+
+    def accepts(state: ConnectionState) -> bool:
+        return state is not ConnectionState.DISCONNECTED
+
+    with pytest.raises(UserNotConnectedError):
+        connections.mark_dirty("user-1", NOW, accepts=accepts)
+    with pytest.raises(UserNotConnectedError):
+        connections.mark_dirty("nobody", NOW, accepts=accepts)
+    assert not connections.is_dirty("user-1")
+    assert connections.mark_dirty("user-2", NOW, accepts=accepts) is True
+    assert connections.is_dirty("user-2")
 
 
 def test_end_round_starts_the_next_round_in_the_same_write_when_dirty(storage: TableStorage) -> None:

@@ -562,9 +562,11 @@ class TableStorage:
     def links(self) -> LinkStore:
         return LinkStore(self._table(LINKS))
 
+    # Cursors and leases live in the connections table, in each user's partition (their own tables held
+    # nothing since): see ``ConnectionStore.begin_run``.
     @cached_property
     def cursors(self) -> CursorStore:
-        return CursorStore(self._table(CURSORS))
+        return CursorStore(self._table(CONNECTIONS))
 
     @cached_property
     def outbox(self) -> OutboxStore:
@@ -572,7 +574,7 @@ class TableStorage:
 
     @cached_property
     def leases(self) -> LeaseStore:
-        return LeaseStore(self._table(LEASES))
+        return LeaseStore(self._table(CONNECTIONS))
 
     @cached_property
     def nonces(self) -> NonceStore:
@@ -622,6 +624,26 @@ class TableStorage:
 _CONNECTION_ROW = "connection"
 # ``RunningUntil`` once a run has ended (a merge cannot remove a property; a past time reads as "no run").
 _NO_RUN = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """What ``ConnectionStore.begin_run`` took and read: the run's lease, the connection as its first round
+    starts (None: the user has no connection), and the saved cursor (None: none yet)."""
+
+    lease: Versioned[Lease]
+    connection: Versioned[Connection] | None
+    cursor: Versioned[Cursor] | None
+
+
+@dataclass(frozen=True)
+class RoundEnd:
+    """What ``ConnectionStore.end_round`` found and wrote."""
+
+    dirty: bool  # marked during the round: the caller runs another
+    next_round: Versioned[Connection] | None = None  # the connection as the next round starts (when asked)
+    cursor: Versioned[Cursor] | None = None  # the cursor saved
+    released: bool = False  # the run ended here and its lease is given up (or had passed on already)
 
 
 class ConnectionStore:
@@ -694,37 +716,149 @@ class ConnectionStore:
                 continue
         raise ConflictError(f"connections: user {user_id} kept changing while a round started")
 
+    def begin_run(
+        self, user_id: str, holder: str, now: datetime, duration: timedelta, resource: str
+    ) -> RunStart:
+        """Take the user's lease until ``now + duration`` and start the run's first round (``start_round``);
+        with the cursor of ``resource``. One query (the partition holds the connection, lease and cursor
+        rows) and one entity-group transaction (lease and connection), instead of a lease write, a
+        connection read and write and a cursor read.
+
+        Another holder's live lease → ``LeaseHeldError``, and nothing is written; an expired lease is taken
+        over. The lease is created or replaced under the ETag read, in the same transaction as the
+        connection's change, so of two racing runs exactly one gets through.
+        """
+        partition_key = _key("", user_id)
+        lease = Lease(user_id=user_id, holder=holder, expires_at=now + duration)
+        for _attempt in range(_MAX_ATTEMPTS):
+            rows = {entity[_RK]: entity for entity in self._table.query(_IN_PARTITION, {"pk": partition_key})}
+            held = rows.get(_LEASE_ROW)
+            operations: list[Operation] = []
+            if held is None:
+                operations.append(("create", _lease_entity(lease), {}))
+            else:
+                current_lease = _decoded(self._table.name, _lease_from, held)
+                if current_lease.value.is_live(now) and current_lease.value.holder != holder:
+                    raise LeaseHeldError(
+                        f"leases: user {user_id} is leased until {current_lease.value.expires_at.isoformat()}"
+                    )
+                if current_lease.value.holder != holder:
+                    log.info("leases: %s takes over the expired lease of user %s", holder, user_id)
+                operations.append(("update", _lease_entity(lease), _guarded(current_lease.etag)))
+            found = rows.get(_CONNECTION_ROW)
+            connection = None if found is None else _decoded(self._table.name, _connection_from, found)
+            if connection is not None:
+                started: Entity = {
+                    _PK: partition_key,
+                    _RK: _CONNECTION_ROW,
+                    "Dirty": False,
+                    "RunningUntil": _utc(lease.expires_at),
+                }
+                operations.append(
+                    (
+                        "update",
+                        started,
+                        {"mode": UpdateMode.MERGE, "etag": connection.etag, **_if_unchanged()},
+                    )
+                )
+            try:
+                etags = self._table.transact(operations)
+            except ConflictError:
+                continue  # a racing run took the lease (seen as held next time), or the user was marked
+            cursor_row = rows.get(_key(_CURSOR_PREFIX, resource))
+            return RunStart(
+                lease=Versioned(lease, etags[0]),
+                connection=None
+                if connection is None
+                else Versioned(
+                    replace(connection.value, dirty=False, running_until=lease.expires_at), etags[1]
+                ),
+                cursor=None if cursor_row is None else _decoded(self._table.name, _cursor_from, cursor_row),
+            )
+        raise LeaseHeldError(f"leases: user {user_id} kept changing while its run started")
+
     def end_round(
         self,
         user_id: str,
         change: Callable[[Connection], Connection | None],
         *,
         next_round_until: datetime | None = None,
-    ) -> tuple[bool, Versioned[Connection] | None]:
+        cursor: Cursor | None = None,
+        lease: Versioned[Lease] | None = None,
+    ) -> RoundEnd:
         """A round is over: record it (``change`` returns the connection to store, or None to keep it) and,
         unless the user was marked dirty meanwhile, end the run (no run is on any more) in the same write.
         Returns whether the user is dirty (the caller then runs another round). One read, one write.
 
         ``next_round_until``: the caller runs another round if the user is dirty; then the same write also
         starts it, as ``start_round`` does (clears the flag, a run is on until then), and the connection as
-        that round starts is returned second: a round costs one read and one write, not two of each."""
+        that round starts is returned: a round costs one read and one write, not two of each.
+        ``cursor``: saved in the same transaction (the round's new deltaLink). ``lease``: the run's, given up
+        in the same transaction when the run ends here (then ``released``).
+        """
+        partition_key = _key("", user_id)
         for _attempt in range(_MAX_ATTEMPTS):
-            current = self.get(user_id)
-            if current is None:
-                return False, None
-            updated = change(current.value) or current.value
-            dirty = current.value.dirty
-            if not dirty:
-                updated = replace(updated, running_until=_NO_RUN)
-            elif next_round_until is not None:
-                updated = replace(updated, dirty=False, running_until=next_round_until)
-            if updated == current.value:
-                return dirty, current if dirty and next_round_until is not None else None
+            if cursor is None and lease is None:
+                found = self._table.get(partition_key, _CONNECTION_ROW)
+                rows: dict[str, TableEntity] = {} if found is None else {_CONNECTION_ROW: found}
+            else:
+                # The partition's rows: the connection, and the cursor and lease to write under their ETags.
+                rows = {
+                    entity[_RK]: entity for entity in self._table.query(_IN_PARTITION, {"pk": partition_key})
+                }
+            found = rows.get(_CONNECTION_ROW)
+            current = None if found is None else _decoded(self._table.name, _connection_from, found)
+            operations: list[Operation] = []
+            dirty = False
+            next_round: Connection | None = None
+            if current is not None:
+                updated = change(current.value) or current.value
+                dirty = current.value.dirty
+                if not dirty:
+                    updated = replace(updated, running_until=_NO_RUN)
+                elif next_round_until is not None:
+                    updated = replace(updated, dirty=False, running_until=next_round_until)
+                    next_round = updated
+                if updated != current.value:
+                    operations.append(("update", _connection_entity(updated), _guarded(current.etag)))
+            if cursor is not None:
+                stored = rows.get(_key(_CURSOR_PREFIX, cursor.resource))
+                # case: another run saved a cursor meanwhile (a lease that expired under a slow run): ours is
+                # as good, so it replaces what is there now rather than failing the round.
+                operations.append(
+                    ("create", _cursor_entity(cursor), {})
+                    if stored is None
+                    else ("update", _cursor_entity(cursor), _guarded(_etag_of(stored.metadata)))
+                )
+            released = False
+            if lease is not None and not dirty:
+                released = True
+                held = rows.get(_LEASE_ROW)
+                stored_lease = None if held is None else _decoded(self._table.name, _lease_from, held)
+                # Holders are unique per run: a lease with ours is still ours.
+                if stored_lease is not None and stored_lease.value.holder == lease.value.holder:
+                    operations.append(
+                        (
+                            "delete",
+                            {_PK: partition_key, _RK: _LEASE_ROW},
+                            {"etag": stored_lease.etag, **_if_unchanged()},
+                        )
+                    )
+                else:
+                    log.info("leases: lease of user %s had passed to another run before release", user_id)
             try:
-                written = self.put(updated, etag=current.etag)
+                etags = self._table.transact(operations)
             except ConflictError:
                 continue
-            return dirty, written if dirty and next_round_until is not None else None
+            written = dict(zip((operation[1][_RK] for operation in operations), etags, strict=True))
+            started = None
+            if next_round is not None:
+                assert current is not None
+                started = Versioned(next_round, written.get(_CONNECTION_ROW, current.etag))
+            saved = None
+            if cursor is not None:
+                saved = Versioned(cursor, written[_key(_CURSOR_PREFIX, cursor.resource)])
+            return RoundEnd(dirty=dirty, next_round=started, cursor=saved, released=released)
         raise ConflictError(f"connections: user {user_id} kept changing while its round ended")
 
     def end_run(self, user_id: str) -> bool:
@@ -783,8 +917,9 @@ class ConnectionStore:
         self._table.delete(_key("", user_id), _CONNECTION_ROW, etag)
 
     def list_all(self) -> Iterator[Versioned[Connection]]:
-        """Every connection (a table scan: for timers only, never on a per-request path)."""
-        for entity in self._table.query(None):
+        """Every connection (a table scan: for timers only, never on a per-request path). The table also
+        holds each user's lease and cursor rows: only connection rows are read."""
+        for entity in self._table.query("RowKey eq @row", {"row": _CONNECTION_ROW}):
             yield _decoded(self._table.name, _connection_from, entity)
 
 
@@ -1314,40 +1449,60 @@ def _link_from(entity: TableEntity) -> Versioned[Link]:
     return Versioned(link, _etag_of(entity.metadata))
 
 
-# --- cursors: PK = user, RK = resource kind -----------------------------------------------------------------
+# --- cursors: in the connections table, PK = user, RK = "cursor|{resource kind}" --------------------------
+
+_CURSOR_PREFIX = "cursor|"
 
 
 class CursorStore:
-    """Per user and resource kind, the delta link the next delta query starts from."""
+    """Per user and resource kind, the delta link the next delta query starts from.
+
+    The rows sit in the user's partition of the connections table, beside the connection and lease rows,
+    so that a run reads all three with one query and saves the cursor with the end of its round in one
+    entity-group transaction (``ConnectionStore.begin_run`` / ``end_round``)."""
 
     def __init__(self, table: _Table) -> None:
         self._table = table
 
     def get(self, user_id: str, resource: str) -> Versioned[Cursor] | None:
-        entity = self._table.get(_key("", user_id), _key("", resource))
+        entity = self._table.get(_key("", user_id), _key(_CURSOR_PREFIX, resource))
         return None if entity is None else _decoded(self._table.name, _cursor_from, entity)
 
     def put(self, cursor: Cursor, *, etag: str | None = None) -> Versioned[Cursor]:
-        entity: Entity = {
-            _PK: _key("", cursor.user_id),
-            _RK: _key("", cursor.resource),
-            **_large("DeltaLink", cursor.delta_link),
-        }
-        return Versioned(cursor, _put(self._table, entity, etag))
+        return Versioned(cursor, _put(self._table, _cursor_entity(cursor), etag))
 
     def delete(self, user_id: str, resource: str, *, etag: str | None = None) -> None:
-        self._table.delete(_key("", user_id), _key("", resource), etag)
+        self._table.delete(_key("", user_id), _key(_CURSOR_PREFIX, resource), etag)
 
     def purge_user(self, user_id: str) -> int:
-        """Delete every row of the user (disconnect with purge). Returns how many rows went."""
-        return self._table.delete_partition(_key("", user_id))
+        """Delete every cursor of the user (disconnect with purge). Returns how many rows went."""
+        query_filter, parameters = _prefix_filter(_RK, _CURSOR_PREFIX)
+        parameters["pk"] = _key("", user_id)
+        rows = [
+            entity[_RK]
+            for entity in self._table.query(
+                f"PartitionKey eq @pk and {query_filter}", parameters, select=(_RK,)
+            )
+        ]
+        for row_key in rows:
+            self._table.delete(_key("", user_id), row_key)
+        return len(rows)
+
+
+def _cursor_entity(cursor: Cursor) -> Entity:
+    return {
+        _PK: _key("", cursor.user_id),
+        _RK: _key(_CURSOR_PREFIX, cursor.resource),
+        **_large("DeltaLink", cursor.delta_link),
+    }
 
 
 def _cursor_from(entity: TableEntity) -> Versioned[Cursor]:
     delta_link = _read_large_text(entity, "DeltaLink")
     if delta_link is None:
         raise KeyError("DeltaLink")
-    cursor = Cursor(user_id=decode_key(entity[_PK]), resource=decode_key(entity[_RK]), delta_link=delta_link)
+    resource = decode_key(entity[_RK][len(_CURSOR_PREFIX) :])
+    cursor = Cursor(user_id=decode_key(entity[_PK]), resource=resource, delta_link=delta_link)
     return Versioned(cursor, _etag_of(entity.metadata))
 
 

@@ -359,6 +359,7 @@ class _Round:
     lease: Versioned[Lease] | None = None
     claims: dict[str, Versioned[MeetingClaim]] = field(default_factory=dict)  # meetings this round claimed
     memo: _RunMemo = field(default_factory=_RunMemo)
+    new_cursor: Cursor | None = None  # the deltaLink to save with the round's end (None: unchanged)
 
     @property
     def cache(self) -> _LinkCache:
@@ -407,8 +408,10 @@ class Reconciler:
         report = RunReport(user_id)
         leases = self._storage.leases
         holder = f"{self._holder}/{uuid.uuid4().hex[:8]}"
+        connections = self._storage.connections
         try:
-            lease = leases.acquire(user_id, holder, self._clock(), self._lease_duration)
+            # The lease, the first round's start and the cursor: one query and one transaction.
+            begun = connections.begin_run(user_id, holder, self._clock(), self._lease_duration, EVENTS)
         except LeaseHeldError:
             # The holder runs again while the user is dirty, so marking the user is all this message has
             # left to do, whatever queued it; unless the holder is just letting go (its run already ended):
@@ -422,12 +425,12 @@ class Reconciler:
             log.info("reconcile: user %s is being synced by another run; marked for it", user_id)
             return report
         started = time.monotonic()
-        connections = self._storage.connections
+        lease = begun.lease
+        connection = begun.connection
         ended = False
         dirty = False
-        memo = _RunMemo()
+        memo = _RunMemo(cursor=begun.cursor, cursor_known=True)
         try:
-            connection = connections.start_round(user_id, lease.value.expires_at)
             while report.rounds < MAX_ROUNDS_PER_RUN:
                 if connection is None or connection.value.state not in _SYNCING:
                     log.info("reconcile: user %s is not connected; nothing to do", user_id)
@@ -444,7 +447,7 @@ class Reconciler:
         finally:
             if not ended:
                 dirty = connections.end_run(user_id)
-            leases.release(lease)
+                leases.release(lease)  # when the run ended in its last round's write, so did the lease
         # Changes that arrived after the last look only marked the user (a run was on): queue a run for them.
         # A change marked after ``end_run`` finds no run on and queues its own.
         if dirty:
@@ -531,11 +534,20 @@ class Reconciler:
             time.sleep(max(0.0, round_started + _BURST_ROUND_SECONDS - time.monotonic()))
         state.lease = self._kept(state.lease)
         # case: the user was marked dirty during the round: this write also starts the next one (the lease
-        # then runs that long), unless this was the run's last round (the next message starts it).
-        again, next_round = self._storage.connections.end_round(
-            user_id, record, next_round_until=None if last else state.lease.value.expires_at
+        # then runs that long), unless this was the run's last round (the next message starts it). The new
+        # cursor goes in the same transaction (the round is done), and so does the lease's release when the
+        # run ends here.
+        cursor = state.new_cursor
+        end = self._storage.connections.end_round(
+            user_id,
+            record,
+            next_round_until=None if last else state.lease.value.expires_at,
+            cursor=cursor,
+            lease=state.lease,
         )
-        return state.lease, again, next_round
+        if end.cursor is not None:
+            memo.cursor, memo.cursor_known = end.cursor, True
+        return state.lease, end.dirty, end.next_round
 
     # --- gather and plan, page by page ---------------------------------------------------------------------
 
@@ -567,18 +579,9 @@ class Reconciler:
             state.crm_changes.clear()
         if cursor is not None and cursor.value.delta_link == delta_link:
             # case: Graph answered with the deltaLink the round started from (nothing changed): it is saved.
-            memo.cursor, memo.cursor_known = cursor, True
             return
-        new_cursor = Cursor(user_id, EVENTS, delta_link)
-        try:
-            saved = self._storage.cursors.put(new_cursor, etag=cursor.etag if cursor is not None else None)
-        except ConflictError:
-            # Another run saved a cursor meanwhile (a lease that expired under a slow run): ours is as good.
-            # case: replace what is there now (a put without an ETag is a create, which fails on the row the
-            # other run wrote, and the whole round would fail and be retried for nothing).
-            current = self._storage.cursors.get(user_id, EVENTS)
-            saved = self._storage.cursors.put(new_cursor, etag=current.etag if current is not None else None)
-        memo.cursor, memo.cursor_known = saved, True
+        # Saved by the round's last write (``ConnectionStore.end_round``), once the round is done.
+        state.new_cursor = Cursor(user_id, EVENTS, delta_link)
 
     def _kept(self, lease: Versioned[Lease]) -> Versioned[Lease]:
         """The lease, renewed once a quarter of its duration has passed (``LeaseHeldError`` if lost). Renewing

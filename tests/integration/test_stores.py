@@ -643,14 +643,14 @@ def test_end_round_starts_the_next_round_in_the_same_write_when_dirty(storage: T
     assert started is not None
     assert started.value.running_until == NOW + MINUTE
     assert connections.mark_dirty("user-1", NOW) is False  # a run is on: it looks at the flag itself
-    dirty, next_round = connections.end_round("user-1", lambda c: None, next_round_until=NOW + 2 * MINUTE)
-    assert dirty is True
-    assert next_round is not None
-    assert (next_round.value.dirty, next_round.value.running_until) == (False, NOW + 2 * MINUTE)
-    assert connections.get("user-1") == next_round
+    end = connections.end_round("user-1", lambda c: None, next_round_until=NOW + 2 * MINUTE)
+    assert end.dirty is True
+    assert end.next_round is not None
+    assert (end.next_round.value.dirty, end.next_round.value.running_until) == (False, NOW + 2 * MINUTE)
+    assert connections.get("user-1") == end.next_round
     # Clean at the end: the run ends in that write (no run on), and no next round is started.
-    dirty, next_round = connections.end_round("user-1", lambda c: None, next_round_until=NOW + 3 * MINUTE)
-    assert (dirty, next_round) == (False, None)
+    end = connections.end_round("user-1", lambda c: None, next_round_until=NOW + 3 * MINUTE)
+    assert (end.dirty, end.next_round) == (False, None)
     stored = connections.get("user-1")
     assert stored is not None
     assert stored.value.running_until is not None
@@ -658,8 +658,66 @@ def test_end_round_starts_the_next_round_in_the_same_write_when_dirty(storage: T
     # Dirty at the run's last round (no next_round_until): the flag stays for the next message's run.
     connections.start_round("user-1", NOW + MINUTE)
     connections.mark_dirty("user-1", NOW)
-    assert connections.end_round("user-1", lambda c: None) == (True, None)
+    assert connections.end_round("user-1", lambda c: None).dirty is True
     assert connections.is_dirty("user-1")
+
+
+def test_a_run_begins_and_ends_with_its_lease_and_cursor_in_one_transaction_each(
+    storage: TableStorage,
+) -> None:
+    connections = storage.connections
+    connections.put(replace(connection("user-1"), dirty=True))
+    begun = connections.begin_run("user-1", "run-a", NOW, MINUTE, "events")
+    assert begun.cursor is None
+    assert begun.connection is not None
+    assert (begun.connection.value.dirty, begun.connection.value.running_until) == (False, NOW + MINUTE)
+    assert connections.get("user-1") == begun.connection
+    assert storage.leases.get("user-1") == begun.lease
+    with pytest.raises(LeaseHeldError):  # exclusive: a second run is refused, and writes nothing
+        connections.begin_run("user-1", "run-b", NOW + timedelta(seconds=30), MINUTE, "events")
+    assert storage.leases.get("user-1") == begun.lease
+    # The round ends dirty: the cursor is saved and the next round starts; the lease stays.
+    connections.mark_dirty("user-1", NOW)
+    first = Cursor("user-1", "events", "https://graph/delta?token=1")
+    end = connections.end_round(
+        "user-1", lambda c: None, next_round_until=NOW + MINUTE, cursor=first, lease=begun.lease
+    )
+    assert (end.dirty, end.released) == (True, False)
+    assert end.cursor == storage.cursors.get("user-1", "events")
+    assert storage.leases.get("user-1") == begun.lease
+    # The last round ends clean: cursor saved and lease released in the same write.
+    second = Cursor("user-1", "events", "https://graph/delta?token=2")
+    end = connections.end_round("user-1", lambda c: None, cursor=second, lease=begun.lease)
+    assert (end.dirty, end.released) == (False, True)
+    assert storage.cursors.get("user-1", "events") == end.cursor
+    assert end.cursor is not None
+    assert end.cursor.value == second
+    assert storage.leases.get("user-1") is None
+    again = connections.begin_run("user-1", "run-b", NOW, MINUTE, "events")
+    assert again.cursor == end.cursor
+    # Only connection rows are listed, though the partition holds the lease and cursor too.
+    assert [found.value.user_id for found in connections.list_all()] == ["user-1"]
+
+
+def test_begin_run_race_has_exactly_one_winner(settings: StorageSettings) -> None:
+    first, second = TableStorage(settings), TableStorage(settings)
+    try:
+        first.ensure_tables()
+        for number in range(20):
+            user_id = f"user-{number}"
+            first.connections.put(connection(user_id))
+            if number % 2:  # half of them with an expired lease to take over
+                first.leases.acquire(user_id, "crashed-run", NOW - 10 * MINUTE, MINUTE)
+            results = raced(
+                partial(first.connections.begin_run, user_id, "run-a", NOW, MINUTE, "events"),
+                partial(second.connections.begin_run, user_id, "run-b", NOW, MINUTE, "events"),
+            )
+            winners = [result for result in results if not isinstance(result, Exception)]
+            assert len(winners) == 1, results
+            assert all(isinstance(result, LeaseHeldError) for result in results if result not in winners)
+    finally:
+        first.close()
+        second.close()
 
 
 def test_an_id_too_long_for_a_key_is_refused_clearly(storage: TableStorage) -> None:

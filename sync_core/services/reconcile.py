@@ -334,9 +334,8 @@ class _LinkCache:
 
 @dataclass
 class _RunMemo:
-    """What a run keeps from one round to the next: the token, and the cursor its last round saved."""
+    """What a run keeps from one round to the next: the cursor its last round saved."""
 
-    token: _RunToken | None = None
     cursor: Versioned[Cursor] | None = None
     cursor_known: bool = False  # False: not read yet (``cursor`` None then says nothing)
 
@@ -487,13 +486,12 @@ class Reconciler:
         round_started = time.monotonic()
         now = self._clock()
         outbox = {entry.value.crm_id: entry for entry in self._storage.outbox.list_for_user(user_id)}
-        if memo.token is None:
-            # One token per run, not per round: each fetch reads the user's token cache (a Table read).
-            memo.token = _RunToken(self._tokens, user_id, connection.home_account_id)
         state = _Round(
             connection=connection,
             rules=SyncRules.for_user(self._policy, connection),
-            token=memo.token,
+            # A token per round, though each fetch reads the user's token cache (a Table read): a grant
+            # revoked during a run is then noticed by its next round (tests/e2e/test_connect.py).
+            token=_RunToken(self._tokens, user_id, connection.home_account_id),
             now=now,
             outbox=outbox,
             crm_changes={},

@@ -36,8 +36,8 @@ def _sync_costs() -> Mapping[str, Mapping[str, object]]:
 def _initial_sync() -> Mapping[str, Mapping[str, object]]:
     from bench import initial_sync
 
-    # DESIGN §9 names a 10,000-event mailbox; at today's rate (8-40 events/s on 2 cores, slower as Azurite's
-    # tables fill) that run takes 5-20 minutes, beyond what `make bench` can spend. So `make bench` measures
+    # DESIGN §9 names a 10,000-event mailbox; at today's rate (60-105 events/s on 2 shared cores, slower as
+    # Azurite's tables fill) that run takes 2-3 minutes or more, too long for `make bench`. So it measures
     # 500 events (and 100, to compare peak memory) and records the linear extrapolation, which is optimistic;
     # `python -m bench.initial_sync` runs the full size.
     return initial_sync.run(events=500, small_events=100)

@@ -107,7 +107,12 @@ def delete_entry(user_id: str, crm_id: str, version: str | None, received_at: da
 
 def accepts_pushes(connection: Connection | None) -> bool:
     """True unless the user never connected or disconnected: other states queue the change for later."""
-    return connection is not None and connection.state is not ConnectionState.DISCONNECTED
+    return connection is not None and accepts_pushes_in(connection.state)
+
+
+def accepts_pushes_in(state: ConnectionState) -> bool:
+    """``accepts_pushes`` for a connection in ``state``."""
+    return state is not ConnectionState.DISCONNECTED
 
 
 def push_status(sent: OutboxEntry, kept: OutboxEntry) -> PushStatus:
@@ -131,6 +136,12 @@ def _path_errors(user_id: str, crm_id: str) -> dict[str, str]:
     if not _ID.fullmatch(crm_id):
         errors["crmId"] = _ID_RULE
     return errors
+
+
+def may_be_older_than_synced(entry: OutboxEntry) -> bool:
+    """Whether ``older_than_synced`` could say yes for some link: when not (a deletion, or no CRM
+    ``modifiedAt``), the push needs no look at its link (a Table read spared)."""
+    return entry.operation is OutboxOperation.UPSERT and entry.crm_modified_at is not None
 
 
 def older_than_synced(entry: OutboxEntry, link: Link | None) -> bool:

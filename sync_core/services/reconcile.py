@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from sync_core.adapters.tables import LinkStore, LinkWrite, MeetingClaim, TableStorage
 from sync_core.config import SyncPolicy
@@ -109,6 +109,9 @@ from sync_core.services.series_sync import SeriesSync, outlook_changed_series
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+R = TypeVar("R")
+
 EVENTS = "events"  # the cursor's resource kind
 _SYNCING = frozenset({ConnectionState.CONNECTED, ConnectionState.ERROR})
 # A run repeats while changes keep arriving, but hands over to a new message after this many rounds, so one
@@ -120,6 +123,12 @@ ITEM_WRITERS = 4
 MAX_REPLANS = 3
 # A message that found the lease held by a run that is just ending comes back this much later.
 _HANDOVER_DELAY_SECONDS = 2
+# While a burst goes on (a round ended with the user marked again), a round lasts at least this long before
+# it looks at the flag: the changes still arriving then go in the next round together, instead of one round
+# each. A round is ~50-100 ms and people's bursts last about a second, so without it a burst of 20 changes
+# took up to 5 rounds, each a delta read and ~5 Table transactions (bench.sync_costs). The first round of a
+# run never waits, so a lone change syncs as soon as before.
+_BURST_ROUND_SECONDS = 0.3
 # How long a run waits for another user's run to finish creating a meeting's activity.
 _CLAIM_WAIT_SECONDS = 5.0
 
@@ -272,6 +281,38 @@ class _LinkCache:
                 self._by_crm[link.value.crm_id] = link
             self._complete = True
 
+    def prefetch_graph_ids(self, graph_ids: Iterable[str]) -> None:
+        """Read the links of every id not known yet, in few queries (``LinkStore.find_by_graph_ids``)."""
+        with self._lock:
+            if self._complete:
+                return
+            missing = {graph_id for graph_id in graph_ids if graph_id not in self._by_graph}
+        if not missing:
+            return
+        found = self._store.find_by_graph_ids(self._user_id, missing)
+        with self._lock:
+            for graph_id in missing:
+                link = found.get(graph_id)
+                self._by_graph[graph_id] = link
+                if link is not None:
+                    self._by_crm[link.value.crm_id] = link
+
+    def prefetch_crm_ids(self, crm_ids: Iterable[str]) -> None:
+        """Read the links of every CRM id not known yet, in few queries."""
+        with self._lock:
+            if self._complete:
+                return
+            missing = {crm_id for crm_id in crm_ids if crm_id not in self._by_crm}
+        if not missing:
+            return
+        found = self._store.find_by_crm_ids(self._user_id, missing)
+        with self._lock:
+            for crm_id in missing:
+                link = found.get(crm_id)
+                self._by_crm[crm_id] = link
+                if link is not None:
+                    self._by_graph[link.value.graph_id] = link
+
     def by_graph_id(self, graph_id: str) -> Versioned[Link] | None:
         with self._lock:
             if graph_id in self._by_graph or self._complete:
@@ -305,6 +346,14 @@ class _LinkCache:
 
 
 @dataclass
+class _RunMemo:
+    """What a run keeps from one round to the next: the cursor its last round saved."""
+
+    cursor: Versioned[Cursor] | None = None
+    cursor_known: bool = False  # False: not read yet (``cursor`` None then says nothing)
+
+
+@dataclass
 class _Round:
     """One delta round's bookkeeping."""
 
@@ -322,6 +371,8 @@ class _Round:
     lease: Versioned[Lease] | None = None
     claims: dict[str, Versioned[MeetingClaim]] = field(default_factory=dict)  # meetings this round claimed
     series_read: set[str] = field(default_factory=set)  # series masters this round read (once a round)
+    memo: _RunMemo = field(default_factory=_RunMemo)
+    new_cursor: Cursor | None = None  # the deltaLink to save with the round's end (None: unchanged)
 
     @property
     def cache(self) -> _LinkCache:
@@ -371,8 +422,10 @@ class Reconciler:
         report = RunReport(user_id)
         leases = self._storage.leases
         holder = f"{self._holder}/{uuid.uuid4().hex[:8]}"
+        connections = self._storage.connections
         try:
-            lease = leases.acquire(user_id, holder, self._clock(), self._lease_duration)
+            # The lease, the first round's start and the cursor: one query and one transaction.
+            begun = connections.begin_run(user_id, holder, self._clock(), self._lease_duration, EVENTS)
         except LeaseHeldError:
             # The holder runs again while the user is dirty, so marking the user is all this message has
             # left to do, whatever queued it; unless the holder is just letting go (its run already ended):
@@ -386,26 +439,29 @@ class Reconciler:
             log.info("reconcile: user %s is being synced by another run; marked for it", user_id)
             return report
         started = time.monotonic()
-        connections = self._storage.connections
+        lease = begun.lease
+        connection = begun.connection
         ended = False
         dirty = False
+        memo = _RunMemo(cursor=begun.cursor, cursor_known=True)
         try:
             while report.rounds < MAX_ROUNDS_PER_RUN:
-                connection = connections.start_round(user_id, lease.value.expires_at)
                 if connection is None or connection.value.state not in _SYNCING:
                     log.info("reconcile: user %s is not connected; nothing to do", user_id)
                     break
                 report.ran = True
                 report.rounds += 1
-                lease, again = self._round(connection.value, report, lease)
+                last = report.rounds >= MAX_ROUNDS_PER_RUN
+                lease, again, connection = self._round(
+                    connection.value, report, lease, memo, last=last, burst=report.rounds > 1
+                )
                 if not again:
                     ended = True  # the round's last write also ended the run
                     break
-                lease = leases.renew(lease, self._clock(), self._lease_duration)
         finally:
             if not ended:
                 dirty = connections.end_run(user_id)
-            leases.release(lease)
+                leases.release(lease)  # when the run ended in its last round's write, so did the lease
         # Changes that arrived after the last look only marked the user (a run was on): queue a run for them.
         # A change marked after ``end_run`` finds no run on and queues its own.
         if dirty:
@@ -429,21 +485,37 @@ class Reconciler:
         return report
 
     def _round(
-        self, connection: Connection, report: RunReport, lease: Versioned[Lease]
-    ) -> tuple[Versioned[Lease], bool]:
+        self,
+        connection: Connection,
+        report: RunReport,
+        lease: Versioned[Lease],
+        memo: _RunMemo,
+        *,
+        last: bool,
+        burst: bool,
+    ) -> tuple[Versioned[Lease], bool, Versioned[Connection] | None]:
+        """One round; the lease, whether the user is dirty again, and (dirty, and not the ``last`` round of
+        the run) the connection as the next round starts. ``burst``: changes kept arriving during the run's
+        previous round (see ``_BURST_ROUND_SECONDS``)."""
         user_id = connection.user_id
+        round_started = time.monotonic()
         now = self._clock()
         outbox = {entry.value.crm_id: entry for entry in self._storage.outbox.list_for_user(user_id)}
         state = _Round(
             connection=connection,
             rules=SyncRules.for_user(self._policy, connection),
+            # A token per round, though each fetch reads the user's token cache (a Table read): a grant
+            # revoked during a run is then noticed by its next round (tests/e2e/test_connect.py).
             token=_RunToken(self._tokens, user_id, connection.home_account_id),
             now=now,
             outbox=outbox,
             crm_changes={},
             links=_LinkCache(self._storage.links, user_id),
             lease=lease,
+            memo=memo,
         )
+        # The outbox rows' links, in one query per 14 rather than a point read each (the stale-push check).
+        state.cache.prefetch_crm_ids(outbox)
         for crm_id, entry in outbox.items():
             try:
                 state.crm_changes[crm_id] = crm_change_from_outbox(entry.value)
@@ -470,15 +542,34 @@ class Reconciler:
             self._flush_log(state)
         else:
             record = self._finish(state)
-        again = self._storage.connections.end_round(user_id, record)
         assert state.lease is not None
-        return state.lease, again
+        if burst:
+            time.sleep(max(0.0, round_started + _BURST_ROUND_SECONDS - time.monotonic()))
+        state.lease = self._kept(state.lease)
+        # case: the user was marked dirty during the round: this write also starts the next one (the lease
+        # then runs that long), unless this was the run's last round (the next message starts it). The new
+        # cursor goes in the same transaction (the round is done), and so does the lease's release when the
+        # run ends here.
+        cursor = state.new_cursor
+        end = self._storage.connections.end_round(
+            user_id,
+            record,
+            next_round_until=None if last else state.lease.value.expires_at,
+            cursor=cursor,
+            lease=state.lease,
+        )
+        if end.cursor is not None:
+            memo.cursor, memo.cursor_known = end.cursor, True
+        return state.lease, end.dirty, end.next_round
 
     # --- gather and plan, page by page ---------------------------------------------------------------------
 
     def _delta_round(self, state: _Round, report: RunReport) -> None:
         user_id = state.connection.user_id
-        cursor = self._storage.cursors.get(user_id, EVENTS)
+        memo = state.memo
+        # The run's later rounds start from the cursor its previous round saved (only the lease holder writes
+        # it): no read.
+        cursor = memo.cursor if memo.cursor_known else self._storage.cursors.get(user_id, EVENTS)
         url = cursor.value.delta_link if cursor is not None else self._full_round_url(state.now)
         if cursor is None:
             state.cache.load_all()
@@ -492,6 +583,7 @@ class Reconciler:
             if cursor is not None:
                 self._storage.cursors.delete(user_id, EVENTS)
                 cursor = None
+                memo.cursor, memo.cursor_known = None, True
             state.cache.load_all()
             state.series_read.clear()
             delta_link = self._pages(state, report, self._full_round_url(state.now))
@@ -499,15 +591,20 @@ class Reconciler:
         if state.crm_changes:
             self._plan_and_apply(state, report, [], list(state.crm_changes.values()))
             state.crm_changes.clear()
-        new_cursor = Cursor(user_id, EVENTS, delta_link)
-        try:
-            self._storage.cursors.put(new_cursor, etag=cursor.etag if cursor is not None else None)
-        except ConflictError:
-            # Another run saved a cursor meanwhile (a lease that expired under a slow run): ours is as good.
-            # case: replace what is there now (a put without an ETag is a create, which fails on the row the
-            # other run wrote, and the whole round would fail and be retried for nothing).
-            current = self._storage.cursors.get(user_id, EVENTS)
-            self._storage.cursors.put(new_cursor, etag=current.etag if current is not None else None)
+        if cursor is not None and cursor.value.delta_link == delta_link:
+            # case: Graph answered with the deltaLink the round started from (nothing changed): it is saved.
+            return
+        # Saved by the round's last write (``ConnectionStore.end_round``), once the round is done.
+        state.new_cursor = Cursor(user_id, EVENTS, delta_link)
+
+    def _kept(self, lease: Versioned[Lease]) -> Versioned[Lease]:
+        """The lease, renewed once a quarter of its duration has passed (``LeaseHeldError`` if lost). Renewing
+        at every round and page cost a Table write each; this still leaves a page, or a round, at least
+        three quarters of a lease to finish in before anyone else may take the user over."""
+        now = self._clock()
+        if lease.value.expires_at - now > self._lease_duration * 3 / 4:
+            return lease
+        return self._storage.leases.renew(lease, now, self._lease_duration)
 
     def _full_round_url(self, now: datetime) -> str:
         return self._graph.calendar_delta_url(
@@ -522,7 +619,9 @@ class Reconciler:
             if report.pages > 1:
                 # A long round keeps its lease (and its exclusivity) page by page.
                 assert state.lease is not None
-                state.lease = self._storage.leases.renew(state.lease, self._clock(), self._lease_duration)
+                state.lease = self._kept(state.lease)
+            # The page's links, in one query per 14 items rather than two point reads per item.
+            state.cache.prefetch_graph_ids(item.id for item in page.items)
             changes = self._graph_changes(state, page)
             report.graph_changes += len(changes)
             if changes:
@@ -631,14 +730,28 @@ class Reconciler:
         """For new Outlook events, the meetings whose activity another connected user's link already owns
         (the same iCalUId in two calendars is one meeting: one CRM activity)."""
         linked = {link.value.graph_id for link in links.values()}
+        ical_uids = sorted(
+            {
+                change.event.ical_uid
+                for change in graph_changes
+                if isinstance(change, GraphUpsert) and change.event.id not in linked and change.event.ical_uid
+            }
+        )
+        # One point read per new event (claims live in partitions of their own: no query can gather them),
+        # made concurrently: on a full round every event is new, and one by one these reads were a fifth of
+        # the initial sync's time (bench.initial_sync --profile).
+        claims = self._each(ical_uids, self._storage.item_index.meeting)
         shared: dict[str, SharedMeeting] = {}
-        for change in graph_changes:
-            if not isinstance(change, GraphUpsert) or change.event.id in linked or not change.event.ical_uid:
-                continue
-            claim = self._storage.item_index.meeting(change.event.ical_uid)
+        for ical_uid, claim in zip(ical_uids, claims, strict=True):
             if claim is not None and claim.value.owner != user_id and claim.value.crm_id is not None:
-                shared[change.event.ical_uid] = SharedMeeting(claim.value.crm_id, claim.value.owner)
+                shared[ical_uid] = SharedMeeting(claim.value.crm_id, claim.value.owner)
         return shared
+
+    def _each(self, items: Sequence[T], call: Callable[[T], R]) -> list[R]:
+        """``call`` on every item, on the run's writers when there are several (never from one of them)."""
+        if len(items) <= 1:
+            return [call(item) for item in items]
+        return list(self._pool.map(call, items))
 
     def _other_users_links(
         self, user_id: str, crm_changes: Sequence[CrmChange], links: Mapping[str, Versioned[Link]]
@@ -783,18 +896,35 @@ class Reconciler:
         """Keep the cross-user index beside the links: who holds each activity, and which link owns each
         meeting. Only new and dropped links change it."""
         index = self._storage.item_index
-        for save in saves:
-            link = save.link
-            if save.previous is not None and save.previous.value.crm_id == link.crm_id:
-                continue
+
+        def index_new(link: Link) -> None:
             index.add_holder(link.crm_id, link.user_id)
             if link.ical_uid and link.crm_owner_id is None:
                 claimed = state.claims.get(link.ical_uid)
                 index.settle_meeting(link.ical_uid, link.user_id, link.crm_id, state.now, claimed)
+
+        def unindex(dropped: Versioned[Link]) -> None:
+            index.remove_holder(dropped.value.crm_id, dropped.value.user_id)
+
+        # Each row is its own partition (no transaction can hold two), so the writes go concurrently: one by
+        # one they were half of an initial sync's time (bench.initial_sync --profile).
+        self._each(
+            [
+                save.link
+                for save in saves
+                if save.previous is None or save.previous.value.crm_id != save.link.crm_id
+            ],
+            index_new,
+        )
         kept = {save.link.crm_id for save in saves}
-        for dropped in (*drops, *others_dropped):
-            if dropped.value.crm_id not in kept or dropped.value.user_id != state.connection.user_id:
-                index.remove_holder(dropped.value.crm_id, dropped.value.user_id)
+        self._each(
+            [
+                dropped
+                for dropped in (*drops, *others_dropped)
+                if dropped.value.crm_id not in kept or dropped.value.user_id != state.connection.user_id
+            ],
+            unindex,
+        )
 
     @staticmethod
     def _with_crm_time(
@@ -1148,8 +1278,8 @@ class Reconciler:
 
     def _finish(self, state: _Round) -> Callable[[Connection], Connection | None]:
         """Remove the handled outbox rows and write the log; what to record on the connection."""
-        for entry in state.outbox.values():
-            self._storage.outbox.delete_handled(entry)
+        # One transaction for the round's rows (per 100), each still guarded by the ETag it was read with.
+        self._storage.outbox.delete_all_handled(list(state.outbox.values()))
         self._flush_log(state)
         item_error = state.last_item_error
 

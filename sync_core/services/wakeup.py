@@ -10,11 +10,12 @@ sweep timer is the safety net for a message lost after it was sent.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Protocol
 
 from sync_core.adapters.tables import ConnectionStore
+from sync_core.domain.state import ConnectionState
 from sync_core.domain.sync_message import SyncMessage, SyncReason
 from sync_core.errors import SyncError
 
@@ -32,13 +33,16 @@ def wake_user(
     user_id: str,
     reason: SyncReason,
     now: datetime,
+    *,
+    accepts: Callable[[ConnectionState], bool] | None = None,
 ) -> bool:
     """Mark ``user_id`` dirty and queue its run if it was clean; True when a message was sent.
 
     False: the user was already dirty (its pending run will see the new work), or has no connection row.
-    Storage and queue failures raise (``SyncError``), after undoing this call's mark.
+    Storage and queue failures raise (``SyncError``), after undoing this call's mark. ``accepts``: see
+    ``ConnectionStore.mark_dirty`` (a refused user raises ``UserNotConnectedError``, nothing marked).
     """
-    if not connections.mark_dirty(user_id, now):
+    if not connections.mark_dirty(user_id, now, accepts=accepts):
         return False
     try:
         queue.send(queue_name, SyncMessage.of(user_id, reason).body())

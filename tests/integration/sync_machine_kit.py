@@ -34,17 +34,15 @@ from zoneinfo import ZoneInfo
 from devkit.graph_emulator.testkit import WebhookReceiver
 from sync_core.adapters.tables import (
     CONNECTIONS,
-    CURSORS,
-    LEASES,
     LINKS,
     OUTBOX,
     SYNC_LOG,
     ConnectionStore,
-    CursorStore,
     LeaseStore,
     LinkStore,
     LinkWrite,
     OutboxStore,
+    RoundEnd,
     SyncLogStore,
     TableStorage,
 )
@@ -70,7 +68,7 @@ class InjectedCrashError(Exception):
 
 CRASH_POINTS: tuple[str, ...] = (
     "links.write",
-    "cursors.put",
+    "connections.end_round",  # the round's last write: its record, the new cursor, the lease's release
     "outbox.delete_handled",
     "sync_log.add",
     "connections.update",
@@ -137,22 +135,16 @@ class _Links(LinkStore):
         return self._switch.around("links.write", lambda: LinkStore.write(self, user_id, saves, deletes))
 
 
-class _Cursors(CursorStore):
-    def __init__(self, tables: CrashingTables) -> None:
-        super().__init__(tables._table(CURSORS))
-        self._switch = tables.switch
-
-    def put(self, cursor: Cursor, *, etag: str | None = None) -> Versioned[Cursor]:
-        return self._switch.around("cursors.put", lambda: CursorStore.put(self, cursor, etag=etag))
-
-
 class _Outbox(OutboxStore):
     def __init__(self, tables: CrashingTables) -> None:
         super().__init__(tables._table(OUTBOX))
         self._switch = tables.switch
 
-    def delete_handled(self, entry: Versioned[OutboxEntry]) -> bool:
-        return self._switch.around("outbox.delete_handled", lambda: OutboxStore.delete_handled(self, entry))
+    def delete_all_handled(self, entries: Sequence[Versioned[OutboxEntry]]) -> int:
+        # The run removes its handled rows in one call (a transaction per 100): that call is the point.
+        return self._switch.around(
+            "outbox.delete_handled", lambda: OutboxStore.delete_all_handled(self, entries)
+        )
 
 
 class _SyncLog(SyncLogStore):
@@ -176,10 +168,26 @@ class _Connections(ConnectionStore):
             "connections.update", lambda: ConnectionStore.update(self, user_id, change)
         )
 
+    def end_round(
+        self,
+        user_id: str,
+        change: Callable[[Connection], Connection | None],
+        *,
+        next_round_until: datetime | None = None,
+        cursor: Cursor | None = None,
+        lease: Versioned[Lease] | None = None,
+    ) -> RoundEnd:
+        return self._switch.around(
+            "connections.end_round",
+            lambda: ConnectionStore.end_round(
+                self, user_id, change, next_round_until=next_round_until, cursor=cursor, lease=lease
+            ),
+        )
+
 
 class _Leases(LeaseStore):
     def __init__(self, tables: CrashingTables) -> None:
-        super().__init__(tables._table(LEASES))
+        super().__init__(tables._table(CONNECTIONS))
         self._switch = tables.switch
 
     def release(self, lease: Versioned[Lease]) -> None:
@@ -197,10 +205,6 @@ class CrashingTables(TableStorage):
     @cached_property
     def links(self) -> LinkStore:
         return _Links(self)
-
-    @cached_property
-    def cursors(self) -> CursorStore:
-        return _Cursors(self)
 
     @cached_property
     def outbox(self) -> OutboxStore:

@@ -38,7 +38,13 @@ from sync_core.domain.state import (
     SubscriptionRecord,
     Versioned,
 )
-from sync_core.errors import ConflictError, LeaseHeldError, NotFoundError, StoreError
+from sync_core.errors import (
+    ConflictError,
+    LeaseHeldError,
+    NotFoundError,
+    StoreError,
+    UserNotConnectedError,
+)
 
 NOW = datetime(2026, 3, 14, 9, 26, 53, 589793, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
@@ -440,6 +446,24 @@ def test_links_are_found_by_both_ids_and_listed_per_user(storage: TableStorage) 
     )
 
 
+def test_links_are_found_many_at_once_by_either_id(storage: TableStorage) -> None:
+    # 40 links: the lookups span several queries (14 keys each), and awkward ids survive the filter's quoting.
+    ids = [(f"crm-{n}'{AWKWARD_ID}", f"AAMk/+={n}'q") for n in range(40)]
+    saved = storage.links.write(
+        AWKWARD_ID, [LinkWrite(link(crm_id, graph_id, user_id=AWKWARD_ID)) for crm_id, graph_id in ids]
+    )
+    storage.links.write("user-2", [LinkWrite(link(ids[0][0], "elsewhere", user_id="user-2"))])
+    wanted = [graph_id for _crm_id, graph_id in ids[::2]] + ["never-linked", "elsewhere"]
+    by_graph = storage.links.find_by_graph_ids(AWKWARD_ID, wanted)
+    assert by_graph == {ids[n][1]: saved[n] for n in range(0, 40, 2)}
+    by_crm = storage.links.find_by_crm_ids(AWKWARD_ID, [crm_id for crm_id, _graph_id in ids] + ["nope"])
+    assert by_crm == {ids[n][0]: saved[n] for n in range(40)}
+    assert storage.links.find_by_crm_ids("user-2", [ids[0][0], ids[1][0]]) == {
+        ids[0][0]: storage.links.get_by_crm_id("user-2", ids[0][0])
+    }
+    assert storage.links.find_by_graph_ids(AWKWARD_ID, []) == {}
+
+
 def test_link_graph_id_change_moves_the_index(storage: TableStorage) -> None:
     (first,) = storage.links.write("user-1", [LinkWrite(link("crm-1", "g-old"))])
     (moved,) = storage.links.write(
@@ -516,6 +540,22 @@ def test_outbox_delete_handled_never_deletes_a_newer_change(storage: TableStorag
     assert not outbox.has_pending("user-1")
 
 
+def test_outbox_rows_handled_together_go_in_one_call_and_a_newer_change_stays(storage: TableStorage) -> None:
+    outbox = storage.outbox
+    for number in range(120):  # more than one transaction holds
+        outbox.put(replace(outbox_entry(1), crm_id=f"act-{number}"))
+    handled = outbox.list_for_user("user-1")
+    assert outbox.delete_all_handled(handled) == 120
+    assert not outbox.has_pending("user-1")
+    for number in range(3):
+        outbox.put(replace(outbox_entry(1), crm_id=f"act-{number}"))
+    handled = outbox.list_for_user("user-1")
+    outbox.put(replace(outbox_entry(2), crm_id="act-1"))  # arrives while the run applies version 1
+    assert outbox.delete_all_handled(handled) == 2
+    (waiting,) = outbox.list_for_user("user-1")
+    assert (waiting.value.crm_id, waiting.value.crm_version) == ("act-1", "v2")
+
+
 # --- subscriptions ------------------------------------------------------------------------------------------
 
 
@@ -575,6 +615,109 @@ def test_mark_dirty_and_list_all_connections(storage: TableStorage) -> None:
     assert storage.connections.mark_dirty("nobody", NOW) is False
     dirty = {c.value.user_id: (c.value.dirty, c.value.dirty_since) for c in storage.connections.list_all()}
     assert dirty == {"user-1": (True, NOW), "user-2": (False, None)}
+
+
+def test_mark_dirty_checks_the_state_in_the_same_read_and_refuses_without_writing(
+    storage: TableStorage,
+) -> None:
+    connections = storage.connections
+    connections.put(replace(connection("user-1"), state=ConnectionState.DISCONNECTED))
+    connections.put(replace(connection("user-2"), state=ConnectionState.RECONNECT_REQUIRED))
+
+    def accepts(state: ConnectionState) -> bool:
+        return state is not ConnectionState.DISCONNECTED
+
+    with pytest.raises(UserNotConnectedError):
+        connections.mark_dirty("user-1", NOW, accepts=accepts)
+    with pytest.raises(UserNotConnectedError):
+        connections.mark_dirty("nobody", NOW, accepts=accepts)
+    assert not connections.is_dirty("user-1")
+    assert connections.mark_dirty("user-2", NOW, accepts=accepts) is True
+    assert connections.is_dirty("user-2")
+
+
+def test_end_round_starts_the_next_round_in_the_same_write_when_dirty(storage: TableStorage) -> None:
+    connections = storage.connections
+    connections.put(connection("user-1"))
+    started = connections.start_round("user-1", NOW + MINUTE)
+    assert started is not None
+    assert started.value.running_until == NOW + MINUTE
+    assert connections.mark_dirty("user-1", NOW) is False  # a run is on: it looks at the flag itself
+    end = connections.end_round("user-1", lambda c: None, next_round_until=NOW + 2 * MINUTE)
+    assert end.dirty is True
+    assert end.next_round is not None
+    assert (end.next_round.value.dirty, end.next_round.value.running_until) == (False, NOW + 2 * MINUTE)
+    assert connections.get("user-1") == end.next_round
+    # Clean at the end: the run ends in that write (no run on), and no next round is started.
+    end = connections.end_round("user-1", lambda c: None, next_round_until=NOW + 3 * MINUTE)
+    assert (end.dirty, end.next_round) == (False, None)
+    stored = connections.get("user-1")
+    assert stored is not None
+    assert stored.value.running_until is not None
+    assert stored.value.running_until < NOW
+    # Dirty at the run's last round (no next_round_until): the flag stays for the next message's run.
+    connections.start_round("user-1", NOW + MINUTE)
+    connections.mark_dirty("user-1", NOW)
+    assert connections.end_round("user-1", lambda c: None).dirty is True
+    assert connections.is_dirty("user-1")
+
+
+def test_a_run_begins_and_ends_with_its_lease_and_cursor_in_one_transaction_each(
+    storage: TableStorage,
+) -> None:
+    connections = storage.connections
+    connections.put(replace(connection("user-1"), dirty=True))
+    begun = connections.begin_run("user-1", "run-a", NOW, MINUTE, "events")
+    assert begun.cursor is None
+    assert begun.connection is not None
+    assert (begun.connection.value.dirty, begun.connection.value.running_until) == (False, NOW + MINUTE)
+    assert connections.get("user-1") == begun.connection
+    assert storage.leases.get("user-1") == begun.lease
+    with pytest.raises(LeaseHeldError):  # exclusive: a second run is refused, and writes nothing
+        connections.begin_run("user-1", "run-b", NOW + timedelta(seconds=30), MINUTE, "events")
+    assert storage.leases.get("user-1") == begun.lease
+    # The round ends dirty: the cursor is saved and the next round starts; the lease stays.
+    connections.mark_dirty("user-1", NOW)
+    first = Cursor("user-1", "events", "https://graph/delta?token=1")
+    end = connections.end_round(
+        "user-1", lambda c: None, next_round_until=NOW + MINUTE, cursor=first, lease=begun.lease
+    )
+    assert (end.dirty, end.released) == (True, False)
+    assert end.cursor == storage.cursors.get("user-1", "events")
+    assert storage.leases.get("user-1") == begun.lease
+    # The last round ends clean: cursor saved and lease released in the same write.
+    second = Cursor("user-1", "events", "https://graph/delta?token=2")
+    end = connections.end_round("user-1", lambda c: None, cursor=second, lease=begun.lease)
+    assert (end.dirty, end.released) == (False, True)
+    assert storage.cursors.get("user-1", "events") == end.cursor
+    assert end.cursor is not None
+    assert end.cursor.value == second
+    assert storage.leases.get("user-1") is None
+    again = connections.begin_run("user-1", "run-b", NOW, MINUTE, "events")
+    assert again.cursor == end.cursor
+    # Only connection rows are listed, though the partition holds the lease and cursor too.
+    assert [found.value.user_id for found in connections.list_all()] == ["user-1"]
+
+
+def test_begin_run_race_has_exactly_one_winner(settings: StorageSettings) -> None:
+    first, second = TableStorage(settings), TableStorage(settings)
+    try:
+        first.ensure_tables()
+        for number in range(20):
+            user_id = f"user-{number}"
+            first.connections.put(connection(user_id))
+            if number % 2:  # half of them with an expired lease to take over
+                first.leases.acquire(user_id, "crashed-run", NOW - 10 * MINUTE, MINUTE)
+            results = raced(
+                partial(first.connections.begin_run, user_id, "run-a", NOW, MINUTE, "events"),
+                partial(second.connections.begin_run, user_id, "run-b", NOW, MINUTE, "events"),
+            )
+            winners = [result for result in results if not isinstance(result, Exception)]
+            assert len(winners) == 1, results
+            assert all(isinstance(result, LeaseHeldError) for result in results if result not in winners)
+    finally:
+        first.close()
+        second.close()
 
 
 def test_an_id_too_long_for_a_key_is_refused_clearly(storage: TableStorage) -> None:

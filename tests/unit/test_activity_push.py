@@ -14,6 +14,7 @@ from sync_core.domain.activity_push import (
     PushStatus,
     accepts_pushes,
     delete_entry,
+    may_be_older_than_synced,
     older_than_synced,
     push_status,
     upsert_entry,
@@ -195,6 +196,10 @@ def test_a_push_older_than_the_synced_version_is_superseded_and_never_applied() 
     assert not older_than_synced(deletion, link)  # a deletion is never older
     assert not older_than_synced(older, None)
     assert not older_than_synced(older, replace(link, crm_modified_at=None))
+    # What can never be older needs no look at the link.
+    assert may_be_older_than_synced(older)
+    assert not may_be_older_than_synced(deletion)
+    assert not may_be_older_than_synced(replace(older, crm_modified_at=None))
     # The reconciler applies the same rule to what waits in the outbox.
     assert is_stale_push(crm_change_from_outbox(older), link)
     assert not is_stale_push(CrmDeletion("act-1", "v2"), link)

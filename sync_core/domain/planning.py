@@ -249,6 +249,7 @@ class _Planner:
             change_key=None,
             base_hashes=Base.of_synced(seen, seen).stored_hashes(),
             base_attendees=Base.of_synced(seen, seen).stored_attendees(),
+            base_occurrences=Base.of_synced(seen, seen).stored_occurrences(),
             crm_owner_id=owner if owner != self.user_id else None,
         )
 

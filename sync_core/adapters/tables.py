@@ -1422,6 +1422,7 @@ def _link_entity(link: Link) -> Entity:
             "CrmVersion": link.crm_version,
             **_large("BaseHashes", json.dumps(link.base_hashes, sort_keys=True, separators=(",", ":"))),
             **_large("BaseAttendees", link.base_attendees),
+            **_large("BaseOccurrences", link.base_occurrences),
             "SeriesMasterId": link.series_master_id,
             "CrmOwnerId": link.crm_owner_id,
             "CrmModifiedAt": _utc(link.crm_modified_at),
@@ -1443,6 +1444,7 @@ def _link_from(entity: TableEntity) -> Versioned[Link]:
         base_hashes={str(name): str(value) for name, value in hashes.items()},
         series_master_id=entity.get("SeriesMasterId"),
         base_attendees=_read_large_text(entity, "BaseAttendees"),
+        base_occurrences=_read_large_text(entity, "BaseOccurrences"),
         crm_owner_id=entity.get("CrmOwnerId"),
         crm_modified_at=_read_time(entity.get("CrmModifiedAt")),
     )

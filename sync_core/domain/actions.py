@@ -274,6 +274,7 @@ class SaveLink:
             crm_version=crm.version if crm is not None else self.crm_version,
             base_hashes=self.base.stored_hashes(),
             base_attendees=self.base.stored_attendees(),
+            base_occurrences=self.base.stored_occurrences(),
             crm_owner_id=self.crm_owner_id,
         )
 

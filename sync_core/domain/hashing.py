@@ -24,9 +24,14 @@ the window both sides were read in, since Outlook lists a series' instances only
 Attendees are not hashed but kept as lists (``AttendeeBase``): the merge works attendee by attendee, which
 needs the lists themselves (who did the CRM withhold, who did Outlook add).
 
-Stored form (``Link.base_hashes`` and ``Link.base_attendees``): ``{"crm.subject": hash, "m365.subject":
-hash, …}`` and canonical JSON ``{"crm": [[email, name, kind, type, response, crmId], …], "m365": [[email,
-name, type, response], …]}``.
+The overrides and cancellations are also kept occurrence by occurrence (``OccurrenceBase``: per side, a
+hash of each touched occurrence's state, ``series_values.occurrence_values``), so the merge can take one
+side's change to one occurrence and the other side's to another; a link written before has none (None),
+and its series merges the two fields whole.
+
+Stored form (``Link.base_hashes``, ``Link.base_attendees``, ``Link.base_occurrences``): ``{"crm.subject":
+hash, "m365.subject": hash, …}``, canonical JSON ``{"crm": [[email, name, kind, type, response, crmId], …],
+"m365": [[email, name, type, response], …]}`` and ``{"crm": {key: hash, …}, "m365": {key: hash, …}}``.
 """
 
 from __future__ import annotations
@@ -51,7 +56,12 @@ from sync_core.domain.model import (
     Timed,
     canonical_description,
 )
-from sync_core.domain.series_values import canonical_cancellations, canonical_overrides, canonical_recurrence
+from sync_core.domain.series_values import (
+    canonical_cancellations,
+    canonical_overrides,
+    canonical_recurrence,
+    occurrence_values,
+)
 from sync_core.domain.state import Link
 from sync_core.domain.timezones import zone
 
@@ -144,6 +154,24 @@ class AttendeeBase:
 
 
 @dataclass(frozen=True)
+class OccurrenceBase:
+    """The touched occurrences of a series each side held after the last sync: key → hash of its state
+    (``occurrence_hashes``); an occurrence absent is as the pattern puts it."""
+
+    crm: Mapping[str, str]
+    m365: Mapping[str, str]
+
+    @classmethod
+    def of_synced(cls, crm: Activity, m365: Activity) -> OccurrenceBase:
+        return cls(occurrence_hashes(crm), occurrence_hashes(m365))
+
+
+def occurrence_hashes(activity: Activity) -> dict[str, str]:
+    """The hash of each touched occurrence's state, by its key (none for a single item)."""
+    return {key: value_hash(state) for key, state in occurrence_values(activity).items()}
+
+
+@dataclass(frozen=True)
 class Base:
     """What both sides held after the last sync: a hash per side and field, and the attendee lists.
 
@@ -153,6 +181,7 @@ class Base:
 
     hashes: Mapping[tuple[Side, Field], str] = field(default_factory=dict)
     attendees: AttendeeBase | None = None
+    occurrences: OccurrenceBase | None = None  # None: a single item, or a series linked before it was kept
 
     def hash_of(self, side: Side, field_: Field) -> str | None:
         return self.hashes.get((side, field_))
@@ -175,9 +204,15 @@ class Base:
     def of_synced(cls, crm: Activity, m365: Activity) -> Base:
         """The base after a sync that left the CRM holding ``crm`` and Outlook holding ``m365``."""
         hashes = {**cls.side_hashes(Side.CRM, crm), **cls.side_hashes(Side.M365, m365)}
+        occurrences = None
         if crm.is_recurring or m365.is_recurring:
             hashes.update({**cls.series_hashes(Side.CRM, crm), **cls.series_hashes(Side.M365, m365)})
-        return cls(hashes=MappingProxyType(hashes), attendees=AttendeeBase(crm.attendees, m365.attendees))
+            occurrences = OccurrenceBase.of_synced(crm, m365)
+        return cls(
+            hashes=MappingProxyType(hashes),
+            attendees=AttendeeBase(crm.attendees, m365.attendees),
+            occurrences=occurrences,
+        )
 
     def stored_hashes(self) -> dict[str, str]:
         return {f"{side.value}.{field_.value}": digest for (side, field_), digest in self.hashes.items()}
@@ -194,6 +229,12 @@ class Base:
         }
         return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
+    def stored_occurrences(self) -> str | None:
+        if self.occurrences is None:
+            return None
+        document = {"crm": dict(self.occurrences.crm), "m365": dict(self.occurrences.m365)}
+        return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
     @classmethod
     def from_link(cls, link: Link) -> Base:
         """The base stored in a link; entries that do not parse are dropped (read as unknown)."""
@@ -204,7 +245,11 @@ class Base:
                 hashes[(Side(side_name), Field(field_name))] = digest
             except ValueError:
                 continue
-        return cls(hashes=MappingProxyType(hashes), attendees=_parse_attendee_base(link.base_attendees))
+        return cls(
+            hashes=MappingProxyType(hashes),
+            attendees=_parse_attendee_base(link.base_attendees),
+            occurrences=_parse_occurrence_base(link.base_occurrences),
+        )
 
 
 def _parse_attendee_base(text: str | None) -> AttendeeBase | None:
@@ -230,3 +275,19 @@ def _parse_attendee_base(text: str | None) -> AttendeeBase | None:
     except (ValueError, KeyError, IndexError, TypeError):
         return None  # unreadable reads as unknown: the merge re-baselines attendees from what it sees
     return AttendeeBase(crm, m365)
+
+
+def _parse_occurrence_base(text: str | None) -> OccurrenceBase | None:
+    if not text:
+        return None
+    try:
+        document = json.loads(text)
+        crm, m365 = document["crm"], document["m365"]
+        if not isinstance(crm, dict) or not isinstance(m365, dict):
+            return None
+        return OccurrenceBase(
+            {str(key): str(digest) for key, digest in crm.items()},
+            {str(key): str(digest) for key, digest in m365.items()},
+        )
+    except (ValueError, KeyError, TypeError):
+        return None  # unreadable reads as unknown: the series merges its two occurrence fields whole

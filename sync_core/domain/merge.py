@@ -14,6 +14,13 @@ that side reported a change (None: unchanged since the base, so the base describ
   Nobody's attendees change in Outlook once the event has ended.
 - Direction: with ``crm_to_m365`` Outlook's changes are not taken (its bases follow what it holds, so they
   are not taken later either); with ``m365_to_crm`` the CRM's are not.
+- A series' overrides and cancellations merge occurrence by occurrence (keyed by original start, using
+  the states kept in ``Base.occurrences``): an occurrence changed on one side takes that side's override or
+  cancellation; changed on both sides differently, the conflict policy decides for that occurrence only
+  (a conflict on its field), except that a cancellation loses to any other change of the occurrence (a
+  modification beats a deletion). A link without per-occurrence states (written before they were kept),
+  one side not reported, or a series retimed on a side (its occurrences' keys moved) merges the two fields
+  whole, as any field.
 - ``DescriptionPolicy.ON_CREATE``: the description is not merged after creation.
 """
 
@@ -21,10 +28,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import date, datetime
 
 from sync_core.config import ConflictPolicy, DescriptionPolicy, SyncDirection
-from sync_core.domain.hashing import HASHED_FIELDS, AttendeeBase, Base, field_hash, sorted_attendees
+from sync_core.domain.hashing import (
+    HASHED_FIELDS,
+    AttendeeBase,
+    Base,
+    OccurrenceBase,
+    field_hash,
+    occurrence_hashes,
+    sorted_attendees,
+)
 from sync_core.domain.mapping import may_invite
 from sync_core.domain.model import (
     SERIES_FIELDS,
@@ -33,9 +48,11 @@ from sync_core.domain.model import (
     AttendeeKind,
     AttendeeResponse,
     Field,
+    OccurrenceOverride,
     Side,
     When,
 )
+from sync_core.domain.series_values import occurrence_entries
 
 
 @dataclass(frozen=True)
@@ -69,6 +86,9 @@ class ItemMerge:
     winner: Side | None  # who won the conflicts (one policy decision per item)
     base: Base
     already_invited: frozenset[str] = field(default_factory=frozenset)  # emails Outlook holds before writing
+    # A series merged occurrence by occurrence: the series as the CRM and as Outlook should hold it, for
+    # their overrides and cancellations (None: the two fields merged whole, each from one side).
+    occurrence_targets: tuple[Activity, Activity] | None = None
 
 
 def conflict_winner(policy: ConflictPolicy, crm: Activity, m365: Activity) -> Side:
@@ -123,7 +143,10 @@ def merge_item(
     to_m365: set[Field] = set()
     to_crm: set[Field] = set()
     conflicts: list[Field] = []
+    by_occurrence = _merge_occurrences(base, crm, m365, m365_known, rules, winner) if series else None
     for field_ in (*HASHED_FIELDS, *SERIES_FIELDS) if series else HASHED_FIELDS:
+        if by_occurrence is not None and field_ in _OCCURRENCE_FIELDS:
+            continue
         source = _scalar_source(field_, base, crm, m365, m365_known, rules, winner, conflicts)
         crm_hash = field_hash(field_, crm) if crm is not None and not field_.m365_owned else None
         m365_hash = field_hash(field_, m365) if m365 is not None and field_ in m365_known else None
@@ -153,6 +176,14 @@ def merge_item(
         to_m365.add(Field.ATTENDEES)
     if attendees.write_crm:
         to_crm.add(Field.ATTENDEES)
+    if by_occurrence is not None:
+        conflicts.extend(by_occurrence.conflicts)
+        hashes.update(by_occurrence.hashes)
+        to_m365.update(by_occurrence.to_m365)
+        to_crm.update(by_occurrence.to_crm)
+        occurrences: OccurrenceBase | None = by_occurrence.base
+    else:
+        occurrences = _occurrences_after(base, crm, m365, to_crm, to_m365) if series else None
     return ItemMerge(
         to_m365=frozenset(to_m365),
         to_crm=frozenset(to_crm),
@@ -162,8 +193,13 @@ def merge_item(
         crm_target=_target(m365 or crm, attendees.base.crm) if to_crm else None,
         conflicts=tuple(conflicts),
         winner=winner if conflicts else None,
-        base=Base(hashes=hashes, attendees=attendees.base),
+        base=Base(hashes=hashes, attendees=attendees.base, occurrences=occurrences),
         already_invited=frozenset(a.email for a in attendees.m365_before),
+        occurrence_targets=(
+            (by_occurrence.crm, by_occurrence.m365)
+            if by_occurrence is not None and (by_occurrence.to_crm or by_occurrence.to_m365)
+            else None
+        ),
     )
 
 
@@ -230,6 +266,137 @@ def _final_when(
 def _has_ended(when: When, template: Activity | None, now: datetime) -> bool:
     assert template is not None
     return replace(template, when=when).has_ended(now)
+
+
+# --- a series' occurrences ---------------------------------------------------------------------------------
+
+_OCCURRENCE_FIELDS = (Field.OCCURRENCE_OVERRIDES, Field.CANCELLED_OCCURRENCES)
+_RETIMING_FIELDS = (Field.RECURRENCE, Field.START_END)
+
+OccurrenceEntry = OccurrenceOverride | datetime | date  # an override, or a cancelled occurrence's start
+
+
+@dataclass(frozen=True)
+class _OccurrenceMerge:
+    crm: Activity  # the CRM's series with the merged overrides and cancellations
+    m365: Activity  # Outlook's, the same
+    to_crm: frozenset[Field]  # which of the two fields the CRM must be written (its list changes)
+    to_m365: frozenset[Field]
+    conflicts: tuple[Field, ...]
+    hashes: Mapping[tuple[Side, Field], str]  # both sides' hashes of the two fields after the merge
+    base: OccurrenceBase
+
+
+def _merge_occurrences(
+    base: Base,
+    crm: Activity | None,
+    m365: Activity | None,
+    m365_known: frozenset[Field],
+    rules: MergeRules,
+    winner: Side | None,
+) -> _OccurrenceMerge | None:
+    """The overrides and cancellations merged occurrence by occurrence; None where they merge whole (see the
+    module docstring)."""
+    if base.occurrences is None or crm is None or m365 is None:
+        return None
+    if not crm.is_recurring or not m365.is_recurring or not set(_OCCURRENCE_FIELDS) <= m365_known:
+        return None
+    for side, activity in ((Side.CRM, crm), (Side.M365, m365)):
+        if any(base.hash_of(side, f) not in (None, field_hash(f, activity)) for f in _RETIMING_FIELDS):
+            return None  # case: retimed on a side: its occurrences' keys moved, compare the fields whole
+    crm_now, m365_now = occurrence_entries(crm), occurrence_entries(m365)
+    crm_states, m365_states = occurrence_hashes(crm), occurrence_hashes(m365)
+    crm_edits = _occurrence_edits(base.occurrences.crm, crm_states) if rules.takes(Side.CRM) else set()
+    m365_edits = _occurrence_edits(base.occurrences.m365, m365_states) if rules.takes(Side.M365) else set()
+    crm_result: dict[str, OccurrenceEntry] = {}
+    m365_result: dict[str, OccurrenceEntry] = {}
+    conflicts: list[Field] = []
+    for key in sorted(crm_now.keys() | m365_now.keys() | crm_edits | m365_edits):
+        source: Side | None = None
+        if key in crm_edits and key in m365_edits:
+            if crm_states.get(key) == m365_states.get(key):
+                source = None  # changed on both sides to the same: each keeps its own
+            elif _is_cancelled(crm_now.get(key)) != _is_cancelled(m365_now.get(key)):
+                # case: cancelled on one side, moved or restored on the other: the modification wins
+                source = Side.M365 if _is_cancelled(crm_now.get(key)) else Side.CRM
+            else:  # moved (or otherwise changed) differently on both sides: the policy decides
+                if Field.OCCURRENCE_OVERRIDES not in conflicts:
+                    conflicts.append(Field.OCCURRENCE_OVERRIDES)
+                source = Side.M365 if winner is Side.M365 else Side.CRM
+        elif key in crm_edits:
+            source = Side.CRM
+        elif key in m365_edits:
+            source = Side.M365
+        if source is None:
+            crm_entry, m365_entry = crm_now.get(key), m365_now.get(key)
+        else:
+            crm_entry = m365_entry = (crm_now if source is Side.CRM else m365_now).get(key)
+        if crm_entry is not None:
+            crm_result[key] = crm_entry
+        if m365_entry is not None:
+            m365_result[key] = m365_entry
+    crm_final, m365_final = _with_entries(crm, crm_result), _with_entries(m365, m365_result)
+    hashes = {
+        (side, field_): field_hash(field_, activity)
+        for side, activity in ((Side.CRM, crm_final), (Side.M365, m365_final))
+        for field_ in _OCCURRENCE_FIELDS
+    }
+    return _OccurrenceMerge(
+        crm=crm_final,
+        m365=m365_final,
+        to_crm=frozenset(f for f in _OCCURRENCE_FIELDS if hashes[(Side.CRM, f)] != field_hash(f, crm)),
+        to_m365=frozenset(f for f in _OCCURRENCE_FIELDS if hashes[(Side.M365, f)] != field_hash(f, m365)),
+        conflicts=tuple(conflicts),
+        hashes=hashes,
+        base=OccurrenceBase(occurrence_hashes(crm_final), occurrence_hashes(m365_final)),
+    )
+
+
+def _occurrence_edits(before: Mapping[str, str], now: Mapping[str, str]) -> set[str]:
+    """The occurrences whose state changed since the base (touched, changed, or restored)."""
+    return {key for key in before.keys() | now.keys() if before.get(key) != now.get(key)}
+
+
+def _is_cancelled(entry: OccurrenceEntry | None) -> bool:
+    return entry is not None and not isinstance(entry, OccurrenceOverride)
+
+
+def _with_entries(series: Activity, entries: Mapping[str, OccurrenceEntry]) -> Activity:
+    return replace(
+        series,
+        occurrence_overrides=tuple(e for e in entries.values() if isinstance(e, OccurrenceOverride)),
+        cancelled_occurrences=tuple(e for e in entries.values() if not isinstance(e, OccurrenceOverride)),
+    )
+
+
+def _occurrences_after(
+    base: Base, crm: Activity | None, m365: Activity | None, to_crm: set[Field], to_m365: set[Field]
+) -> OccurrenceBase | None:
+    """The per-occurrence base after a merge of the two fields whole: each side's occurrences as it holds
+    them after the writes (a written field takes the other side's list, as ``planning`` composes targets);
+    a side neither reported nor written keeps its base (unknown on a link without one)."""
+    crm_after = _side_after(crm, m365, to_crm, base.occurrences.crm if base.occurrences else None)
+    m365_after = _side_after(m365, crm, to_m365, base.occurrences.m365 if base.occurrences else None)
+    if crm_after is None or m365_after is None:
+        return None
+    return OccurrenceBase(crm_after, m365_after)
+
+
+def _side_after(
+    mine: Activity | None, theirs: Activity | None, written: set[Field], before: Mapping[str, str] | None
+) -> Mapping[str, str] | None:
+    template = mine or theirs
+    if template is None or (mine is None and not written & set(_OCCURRENCE_FIELDS)):
+        return before
+    overrides_from = (theirs if Field.OCCURRENCE_OVERRIDES in written else mine) or template
+    cancelled_from = (theirs if Field.CANCELLED_OCCURRENCES in written else mine) or template
+    return occurrence_hashes(
+        replace(
+            template,
+            occurrence_overrides=overrides_from.occurrence_overrides,
+            cancelled_occurrences=cancelled_from.cancelled_occurrences,
+        )
+    )
 
 
 # --- attendees ----------------------------------------------------------------------------------------------

@@ -249,6 +249,7 @@ class _Planner:
             change_key=None,
             base_hashes=Base.of_synced(seen, seen).stored_hashes(),
             base_attendees=Base.of_synced(seen, seen).stored_attendees(),
+            base_occurrences=Base.of_synced(seen, seen).stored_occurrences(),
             crm_owner_id=owner if owner != self.user_id else None,
         )
 
@@ -628,6 +629,14 @@ def _series_targets(merged: ItemMerge, crm: Activity | None, m365: Activity | No
             cancelled_occurrences=(cancelled_from or target).cancelled_occurrences,
         )
 
+    if merged.occurrence_targets is not None:
+        # case: merged occurrence by occurrence: each side gets its merged lists whole
+        crm_merged, m365_merged = merged.occurrence_targets
+        return replace(
+            merged,
+            m365_target=composed(merged.m365_target, frozenset(SERIES_FIELDS[1:]), m365_merged, None),
+            crm_target=composed(merged.crm_target, frozenset(SERIES_FIELDS[1:]), crm_merged, None),
+        )
     return replace(
         merged,
         m365_target=composed(merged.m365_target, merged.to_m365, crm, m365),

@@ -29,6 +29,7 @@ from sync_core.domain.timezones import zone
 
 JsonValue = None | bool | int | str | list["JsonValue"] | dict[str, "JsonValue"]
 
+CANCELLED = "cancelled"  # an occurrence's state in ``occurrence_values`` when it is cancelled
 _WITH_DAYS = frozenset({PatternType.WEEKLY, PatternType.RELATIVE_MONTHLY, PatternType.RELATIVE_YEARLY})
 _WITH_INDEX = frozenset({PatternType.RELATIVE_MONTHLY, PatternType.RELATIVE_YEARLY})
 _WITH_DAY_OF_MONTH = frozenset({PatternType.ABSOLUTE_MONTHLY, PatternType.ABSOLUTE_YEARLY})
@@ -84,6 +85,35 @@ def canonical_cancellations(activity: Activity) -> JsonValue:
     if activity.recurrence is None:
         return []
     return [key for key in sorted({_key_text(activity, moment) for moment in activity.cancelled_occurrences})]
+
+
+def occurrence_values(activity: Activity) -> dict[str, JsonValue]:
+    """Each touched occurrence's state by its key (as ``canonical_overrides`` writes keys): ``"cancelled"``,
+    or what its override changes; an occurrence the series holds as the pattern puts it is absent. The
+    per-occurrence merge compares these (a cancellation and an override of one occurrence are one state)."""
+    if activity.recurrence is None:
+        return {}
+    states: dict[str, JsonValue] = {}
+    for override in activity.occurrence_overrides:
+        changes = _changes(activity, override)
+        if changes:
+            states[_key_text(activity, override.original_start)] = changes
+    for moment in activity.cancelled_occurrences:
+        states[_key_text(activity, moment)] = CANCELLED
+    return states
+
+
+def occurrence_entries(activity: Activity) -> dict[str, OccurrenceOverride | datetime | date]:
+    """The entries behind ``occurrence_values``, by the same keys: the override, or the cancelled moment."""
+    states = occurrence_values(activity)
+    entries: dict[str, OccurrenceOverride | datetime | date] = {}
+    for override in activity.occurrence_overrides:
+        key = _key_text(activity, override.original_start)
+        if key in states and states[key] != CANCELLED:
+            entries[key] = override
+    for moment in activity.cancelled_occurrences:
+        entries[_key_text(activity, moment)] = moment
+    return entries
 
 
 def _changes(series: Activity, override: OccurrenceOverride) -> dict[str, JsonValue]:

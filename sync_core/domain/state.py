@@ -121,6 +121,10 @@ class Link:
     # ``sync_core.domain.hashing.Base`` (attendees merge one by one, which needs the lists, not a hash).
     # None: unknown (an older link); the merge then re-baselines attendees from what it sees.
     base_attendees: str | None = None
+    # A series' touched occurrences each side held after the last sync, as canonical JSON written and read
+    # only by ``hashing.Base`` (overrides and cancellations merge occurrence by occurrence). None: a single
+    # item, or a series linked before this was kept; its occurrence fields then merge whole.
+    base_occurrences: str | None = None
     # Set when this user's event is a copy of a meeting whose CRM activity another connected user owns
     # (matched by iCalUId): the CRM user id of that owner. Such a link never writes or deletes in the CRM;
     # the owner's own link keeps the activity in sync. None: this user owns the activity.

@@ -63,11 +63,10 @@ from tests.integration.sync_machine_kit import (
 # Known service bugs this machine found (reported in the issue notes). While one is True the machine avoids
 # the steps that trigger it; set it to False once the bug is fixed.
 KNOWN_BUGS = {
-    # A series' overrides (and its cancellations) are merged as one field each: one occurrence moved in
-    # Outlook and another moved in the CRM before the next run is a conflict on the whole field, and the
-    # policy's side wins, so the other side's move is undone instead of both surviving. Merging them
-    # occurrence by occurrence needs a base per occurrence in the link, as attendees have (``AttendeeBase``).
-    "occurrences_merged_whole": True,
+    # A series' overrides (and its cancellations) were merged as one field each: one occurrence moved in
+    # Outlook and another moved in the CRM before the next run was a conflict on the whole field. Fixed:
+    # they merge occurrence by occurrence (``Base.occurrences``).
+    "occurrences_merged_whole": False,
 }
 
 OCCURRENCES = 5
@@ -240,8 +239,6 @@ class SeriesMachine(RuleBasedStateMachine):
         item = self._pick(data, lambda s: bool(self._untouched(s)) and s.crm is not None)
         assert item.crm is not None
         assert item.crm_id is not None
-        if self._known_bug_blocks(item, item.m365, cancel):
-            return
         number = data.draw(st.sampled_from(sorted(self._untouched(item))), label="occurrence")
         item.crm = (
             replace(item.crm, cancelled=item.crm.cancelled | {number})
@@ -269,8 +266,6 @@ class SeriesMachine(RuleBasedStateMachine):
         """Delete one occurrence in Outlook, or move it ``hours`` later (an exception)."""
         item = self._pick(data, lambda s: bool(self._untouched(s)) and self._in_outlook(s))
         assert item.m365 is not None
-        if self._known_bug_blocks(item, item.crm, cancel):
-            return
         number = data.draw(st.sampled_from(sorted(self._untouched(item))), label="occurrence")
         occurrence_id = self._occurrence_ids(item)[number]
         if cancel:
@@ -400,15 +395,6 @@ class SeriesMachine(RuleBasedStateMachine):
         if what == "delete":
             return item.crm == item.base
         return item.crm.subject == item.base.subject
-
-    def _known_bug_blocks(self, item: Series, other: SeriesValues | None, cancel: bool) -> bool:
-        """Whether the other side changed the same series field (cancellations, or moves) since the last
-        sync, so that this change would meet ``occurrences_merged_whole``."""
-        if not KNOWN_BUGS["occurrences_merged_whole"] or item.base is None or other is None:
-            return False
-        if cancel:
-            return other.cancelled != item.base.cancelled
-        return other.moved != item.base.moved
 
     def _in_outlook(self, item: Series) -> bool:
         return item.m365 is not None and item.graph_id is not None
@@ -601,13 +587,9 @@ def test_series_edited_on_both_sides_converge(world: MachineWorld) -> None:
     )
 
 
-@pytest.mark.xfail(
-    KNOWN_BUGS["occurrences_merged_whole"],
-    reason="occurrences_merged_whole: a series' overrides are merged as one field",
-    strict=True,
-)
 def test_occurrences_moved_on_both_sides_before_a_run_both_survive(world: MachineWorld) -> None:
-    """The known bug, pinned: one occurrence moved in Outlook, another in the CRM, then one run."""
+    """One occurrence moved in Outlook, another in the CRM, then one run: both moves survive (the bug
+    ``occurrences_merged_whole`` found, pinned)."""
     machine = SeriesMachine(world)
     machine.connect("Weekly sync", "Pipeline review", (3, 5))
     item = next(s for s in machine.series if s.crm_id is not None and s.graph_id is not None)

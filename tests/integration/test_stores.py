@@ -431,6 +431,7 @@ def test_links_are_found_by_both_ids_and_listed_per_user(storage: TableStorage) 
                     user_id=AWKWARD_ID,
                     series_master_id="AAMk/+=0",
                     base_attendees='{"crm":[],"m365":[]}',
+                    base_occurrences='{"crm":{"2026-03-10T10:00:00Z":"ab"},"m365":{}}',
                     crm_owner_id="usr-owner",
                 )
             ),

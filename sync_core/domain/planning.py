@@ -210,6 +210,12 @@ class _Planner:
             if adopted is None:
                 return _Item(f"m365:{graph_id}", graph=change)
             item = items.get(f"crm:{adopted.crm_id}") or _Item(f"crm:{adopted.crm_id}")
+            if self._recreated_from_link(change.event, adopted.crm_id, item):
+                # case: our re-creation of the linked event after it was deleted in Outlook (the CRM's edit
+                # won), by a run that died before saving the new link: the link still names the deleted
+                # event. No duplicate: the deletion and the CRM change plan the same create again (same
+                # transactionId, so Graph answers with this event) and the link moves to it.
+                return None
             if adopted.crm_id in self.links_by_crm or item.graph is not None:
                 # case: the activity is already synced with another event of this user (or claimed by one
                 # earlier in this delta): never a second link, never a second activity.
@@ -220,6 +226,14 @@ class _Planner:
             return None  # case: a removal of an event we never synced: nothing to do
         item = items.get(f"crm:{link.crm_id}") or _Item(f"crm:{link.crm_id}", link=link)
         return replace(item, graph=change)
+
+    def _recreated_from_link(self, event: GraphEvent, crm_id: str, item: _Item) -> bool:
+        """Whether ``event`` is the create this user's link of ``crm_id`` plans when its event is deleted
+        (its ``transactionId`` names the linked event as the predecessor)."""
+        link = self.links_by_crm.get(crm_id)
+        if link is None or isinstance(item.graph, GraphUpsert):
+            return False
+        return event.raw.get("transactionId") == transaction_id(self.user_id, crm_id, link.graph_id)
 
     def _adopted_link(self, event: GraphEvent) -> Link | None:
         """A link for an unlinked Outlook event that is already known by another name, or None."""

@@ -96,10 +96,6 @@ KNOWN_BUGS = {
     # An activity reassigned A → B and deleted before B's run: B's outbox holds only the deletion, which
     # B's run ignores (B has no link); the event stays in A's calendar, linked to a deleted activity.
     "deletion_in_transit_ignored": True,
-    # An event re-created in Outlook (deleted there, edited in the CRM) by a run that died before saving its
-    # link: the retry links the new event, but first logs it as "skipped: duplicate" (the old link still
-    # names the deleted event). The data is right; the user's sync log shows a false entry.
-    "spurious_duplicate_skip": True,
 }
 
 MAX_ITEMS = 6
@@ -625,20 +621,7 @@ class SyncMachine(RuleBasedStateMachine):
         entries = self.world.storage().sync_log.recent(self.people[who].user_id, 1000)
         new = [entry for entry in entries if entry not in self.logged]
         self.logged.update(new)
-        linked = {
-            (link.value.crm_id, link.value.graph_id)
-            for link in self.world.storage().links.list_for_user(self.people[who].user_id)
-        }
-        unexpected = [
-            entry
-            for entry in new
-            if entry.kind is not SyncLogKind.CONFLICT
-            and not (
-                KNOWN_BUGS["spurious_duplicate_skip"]
-                and entry.reason == "duplicate"
-                and (entry.crm_id, entry.graph_id) in linked
-            )
-        ]
+        unexpected = [entry for entry in new if entry.kind is not SyncLogKind.CONFLICT]
         assert not unexpected, f"person {who}: sync log entries other than conflicts: {unexpected}"
         logged: set[tuple[int, str, Field]] = set()
         for entry in new:

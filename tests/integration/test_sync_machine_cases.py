@@ -1,0 +1,106 @@
+"""The bugs the sync state machine found (``test_sync_machine.KNOWN_BUGS``), each replayed as one scenario
+over the real reconciler in-process (``sync_machine_kit``: Azurite, the Graph, Entra ID and CRM emulators,
+users connected through the real sign-in trip, crashes injected into the real table storage).
+
+- ``test_a_recreated_event_whose_link_was_not_saved_is_linked_without_a_false_duplicate_skip``
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date
+
+import pytest
+
+from devkit.azurite import AzuriteEndpoints
+from sync_core.config import ConflictPolicy
+from sync_core.domain.state import SyncLogKind
+from sync_core.services.reconcile import RunReport
+from tests.integration.sync_machine_kit import (
+    CrashPlan,
+    InjectedCrashError,
+    Json,
+    MachineContainer,
+    MachineWorld,
+    Person,
+    Slot,
+    Values,
+    machine_world,
+)
+
+POLICY = ConflictPolicy.CRM_WINS
+
+
+@pytest.fixture(scope="module")
+def world(azurite: AzuriteEndpoints) -> Iterator[MachineWorld]:
+    with machine_world(azurite.connection_string) as built:
+        yield built
+
+
+@pytest.fixture
+def container(world: MachineWorld) -> Iterator[MachineContainer]:
+    world.graph.clear_faults()
+    world.switch.disarm()
+    yield world.containers[POLICY]
+    world.graph.clear_faults()
+    world.switch.disarm()
+
+
+def meeting(subject: str, day: int = 3) -> Values:
+    return Values(subject, "Agenda", "Room 1", Slot(day, 9, 60, "UTC"), False)
+
+
+def run(world: MachineWorld, person: Person) -> RunReport:
+    report = world.containers[POLICY].reconciler.run(person.user_id)
+    assert report.ran, report
+    return report
+
+
+def crm_create(world: MachineWorld, person: Person, values: Values, today: date) -> Json:
+    created: Json = world.crm.create_as_user(values.crm_create(person.user_id, today))
+    world.containers[POLICY].activity_pushes.upsert(person.user_id, created["crmId"], created)
+    return created
+
+
+def crm_edit(world: MachineWorld, crm_id: str, changes: Json) -> Json:
+    edited: Json = world.crm.edit_as_user(crm_id, changes)
+    world.containers[POLICY].activity_pushes.upsert(edited["ownerCrmUserId"], crm_id, edited)
+    return edited
+
+
+def linked_event(world: MachineWorld, person: Person, crm_id: str) -> str | None:
+    link = world.storage().links.get_by_crm_id(person.user_id, crm_id)
+    return None if link is None else link.value.graph_id
+
+
+def log_entries_other_than_conflicts(world: MachineWorld, person: Person) -> list[object]:
+    entries = world.storage().sync_log.recent(person.user_id, 100)
+    return [entry for entry in entries if entry.kind is not SyncLogKind.CONFLICT]
+
+
+def test_a_recreated_event_whose_link_was_not_saved_is_linked_without_a_false_duplicate_skip(
+    world: MachineWorld, container: MachineContainer
+) -> None:
+    ann = world.connect(POLICY)
+    run(world, ann)
+    activity = crm_create(world, ann, meeting("Kick-off"), world.today)
+    run(world, ann)
+    first = linked_event(world, ann, activity["crmId"])
+    assert first is not None
+    # Deleted in Outlook, edited in the CRM: the edit wins and the event is created again; the worker dies
+    # before the new link is saved.
+    world.outlook_delete(ann, first)
+    crm_edit(world, activity["crmId"], {"subject": "Kick-off, moved"})
+    world.switch.arm(CrashPlan("links.write", 1, after=False, hard=False))
+    with pytest.raises(InjectedCrashError):
+        container.reconciler.run(ann.user_id)
+    world.switch.disarm()
+
+    retried = run(world, ann)
+
+    events = world.outlook_events(ann)
+    assert [event["subject"] for event in events] == ["Kick-off, moved"]
+    assert linked_event(world, ann, activity["crmId"]) == events[0]["id"]
+    assert retried.skipped == 0
+    assert log_entries_other_than_conflicts(world, ann) == []
+    assert run(world, ann).writes_to_graph == 0

@@ -561,6 +561,8 @@ class Reconciler:
         emails = emails_to_look_up(graph_changes)
         people = self._crm.people(emails) if emails else PeopleDirectory()
         other_links = self._other_users_links(user_id, crm_changes, links)
+        if other_links:
+            crm_changes = self._current_moves(state, crm_changes, other_links)
         request = SyncRequest(
             user_id=user_id,
             now=state.now,
@@ -608,6 +610,40 @@ class Reconciler:
                 if link is not None:
                     found[(holder, change.crm_id)] = link
         return found
+
+    def _current_moves(
+        self,
+        state: _Round,
+        crm_changes: Sequence[CrmChange],
+        other_links: Mapping[tuple[str, str], Versioned[Link]],
+    ) -> list[CrmChange]:
+        """The pushes that would move an activity out of another user's calendar, checked against what the
+        CRM holds now (one read per move: reassignments are rare)."""
+        moving = {crm_id for _holder, crm_id in other_links}
+        checked: list[CrmChange] = []
+        for change in crm_changes:
+            if not isinstance(change, CrmUpsert) or change.crm_id not in moving:
+                checked.append(change)
+                continue
+            try:
+                current = self._crm.get_activity(change.crm_id)
+            except ItemGoneError:
+                # case: reassigned to this user and deleted since (its deletion is pushed to this user too):
+                # the push moves nothing.
+                checked.append(CrmDeletion(change.crm_id, change.version))
+                continue
+            if current.activity.owner_crm_user_id not in (None, state.connection.user_id):
+                # case: reassigned to this user and back (A → B → A) before this run: the push is stale and
+                # moves nothing; the current owner's own push keeps the event where it is. Handled by being
+                # ignored: its outbox row goes with the others when the round is done.
+                log.info(
+                    "reconcile: user %s: activity %s belongs to another user again; push ignored",
+                    state.connection.user_id,
+                    change.crm_id,
+                )
+                continue
+            checked.append(change)
+        return checked
 
     def _plan(self, state: _Round, request: SyncRequest) -> tuple[Action, ...]:
         """``plan_sync``, with the mass-deletion guard measured against every link the user has: counted

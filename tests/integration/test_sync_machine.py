@@ -90,9 +90,6 @@ KNOWN_BUGS = {
     # deleted in Outlook before it is never seen as deleted: its activity stays, linked to nothing (and a CRM
     # edit of it is dropped with its outbox row after the update gets 404).
     "full_resync_misses_deletions": True,
-    # An activity reassigned A → B → A before B's run: B's run still acts on the push it holds (owner B),
-    # moves the event into B's calendar and drops A's link; the activity (owner A) has no event.
-    "stale_reassignment_push": True,
     # An activity reassigned A → B and deleted before B's run: B's outbox holds only the deletion, which
     # B's run ignores (B has no link); the event stays in A's calendar, linked to a deleted activity.
     "deletion_in_transit_ignored": True,
@@ -670,7 +667,6 @@ class SyncMachine(RuleBasedStateMachine):
         the activity's values go to the new owner's calendar)."""
         return (
             _in_crm(item)
-            and not (KNOWN_BUGS["stale_reassignment_push"] and item.in_transit)
             and item.base is not None
             and item.m365 is not None
             and item.graph_id is not None

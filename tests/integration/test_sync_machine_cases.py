@@ -3,6 +3,7 @@ over the real reconciler in-process (``sync_machine_kit``: Azurite, the Graph, E
 users connected through the real sign-in trip, crashes injected into the real table storage).
 
 - ``test_a_recreated_event_whose_link_was_not_saved_is_linked_without_a_false_duplicate_skip``
+- ``test_an_activity_reassigned_away_and_back_before_the_new_owners_run_stays_where_it_is``
 """
 
 from __future__ import annotations
@@ -104,3 +105,33 @@ def test_a_recreated_event_whose_link_was_not_saved_is_linked_without_a_false_du
     assert retried.skipped == 0
     assert log_entries_other_than_conflicts(world, ann) == []
     assert run(world, ann).writes_to_graph == 0
+
+
+def reassign(world: MachineWorld, crm_id: str, to: Person) -> Json:
+    return crm_edit(world, crm_id, {"ownerCrmUserId": to.user_id})
+
+
+def test_an_activity_reassigned_away_and_back_before_the_new_owners_run_stays_where_it_is(
+    world: MachineWorld, container: MachineContainer
+) -> None:
+    ann, bob = world.connect(POLICY), world.connect(POLICY)
+    run(world, ann)
+    run(world, bob)
+    activity = crm_create(world, ann, meeting("Review"), world.today)
+    run(world, ann)
+    event_id = linked_event(world, ann, activity["crmId"])
+    assert event_id is not None
+    # A → B → A: Bob's outbox holds the push that named him the owner, Ann's the one that named her again.
+    reassign(world, activity["crmId"], bob)
+    reassign(world, activity["crmId"], ann)
+
+    run(world, ann)
+    moved = run(world, bob)
+
+    assert moved.writes_to_graph == 0
+    assert [event["id"] for event in world.outlook_events(ann)] == [event_id]
+    assert world.outlook_events(bob) == []
+    assert linked_event(world, ann, activity["crmId"]) == event_id
+    assert linked_event(world, bob, activity["crmId"]) is None
+    assert run(world, ann).writes_to_graph == 0
+    assert log_entries_other_than_conflicts(world, bob) == []

@@ -598,10 +598,11 @@ class Reconciler:
         self, user_id: str, crm_changes: Sequence[CrmChange], links: Mapping[str, Versioned[Link]]
     ) -> dict[tuple[str, str], Versioned[Link]]:
         """For CRM pushes of activities this user has no link to, the links other users hold (the activity
-        may have been reassigned to this user: it then leaves the previous owner's calendar)."""
+        may have been reassigned to this user: it then leaves the previous owner's calendar; or reassigned
+        and deleted before this user's run: the deletion goes to the calendar that holds the event)."""
         found: dict[tuple[str, str], Versioned[Link]] = {}
         for change in crm_changes:
-            if not isinstance(change, CrmUpsert) or change.crm_id in links:
+            if change.crm_id in links:
                 continue
             for holder in self._storage.item_index.holders(change.crm_id):
                 if holder == user_id:
@@ -628,8 +629,8 @@ class Reconciler:
             try:
                 current = self._crm.get_activity(change.crm_id)
             except ItemGoneError:
-                # case: reassigned to this user and deleted since (its deletion is pushed to this user too):
-                # the push moves nothing.
+                # case: reassigned to this user and deleted since: a deletion, which reaches the calendar
+                # that holds the event (its push to this user may come later, or never be applied).
                 checked.append(CrmDeletion(change.crm_id, change.version))
                 continue
             if current.activity.owner_crm_user_id not in (None, state.connection.user_id):

@@ -90,9 +90,6 @@ KNOWN_BUGS = {
     # deleted in Outlook before it is never seen as deleted: its activity stays, linked to nothing (and a CRM
     # edit of it is dropped with its outbox row after the update gets 404).
     "full_resync_misses_deletions": True,
-    # An activity reassigned A → B and deleted before B's run: B's outbox holds only the deletion, which
-    # B's run ignores (B has no link); the event stays in A's calendar, linked to a deleted activity.
-    "deletion_in_transit_ignored": True,
 }
 
 MAX_ITEMS = 6
@@ -237,10 +234,10 @@ class SyncMachine(RuleBasedStateMachine):
         assert item.crm is not None
         self._crm_edit(item, self._with_field(item.crm, field_, new, data), field_)
 
-    @precondition(lambda self: any(self._deletable_in_crm(i) for i in self.items))
+    @precondition(lambda self: any(_in_crm(i) for i in self.items))
     @rule(data=st.data())
     def crm_delete(self, data: st.DataObject) -> None:
-        item = self._pick(data, self._deletable_in_crm)
+        item = self._pick(data, _in_crm)
         assert item.crm_id is not None
         current = self.world.crm.activity(item.crm_id)
         assert current is not None
@@ -672,9 +669,6 @@ class SyncMachine(RuleBasedStateMachine):
             and item.graph_id is not None
             and not self._edited(item.base, item.m365)
         )
-
-    def _deletable_in_crm(self, item: Item) -> bool:
-        return _in_crm(item) and not (KNOWN_BUGS["deletion_in_transit_ignored"] and item.in_transit)
 
     def _deletable_in_outlook(self, item: Item) -> bool:
         if not _in_outlook(item):

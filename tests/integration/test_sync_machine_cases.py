@@ -4,6 +4,7 @@ users connected through the real sign-in trip, crashes injected into the real ta
 
 - ``test_a_recreated_event_whose_link_was_not_saved_is_linked_without_a_false_duplicate_skip``
 - ``test_an_activity_reassigned_away_and_back_before_the_new_owners_run_stays_where_it_is``
+- ``test_an_activity_reassigned_and_deleted_before_the_new_owners_run_leaves_the_previous_calendar``
 """
 
 from __future__ import annotations
@@ -134,4 +135,30 @@ def test_an_activity_reassigned_away_and_back_before_the_new_owners_run_stays_wh
     assert linked_event(world, ann, activity["crmId"]) == event_id
     assert linked_event(world, bob, activity["crmId"]) is None
     assert run(world, ann).writes_to_graph == 0
+    assert log_entries_other_than_conflicts(world, bob) == []
+
+
+def test_an_activity_reassigned_and_deleted_before_the_new_owners_run_leaves_the_previous_calendar(
+    world: MachineWorld, container: MachineContainer
+) -> None:
+    ann, bob = world.connect(POLICY), world.connect(POLICY)
+    run(world, ann)
+    run(world, bob)
+    activity = crm_create(world, ann, meeting("Budget"), world.today)
+    run(world, ann)
+    assert linked_event(world, ann, activity["crmId"]) is not None
+    # Reassigned to Bob, then deleted: the CRM pushes the deletion to Bob, whose outbox then holds only it.
+    current = reassign(world, activity["crmId"], bob)
+    world.crm.delete_as_user(activity["crmId"])
+    container.activity_pushes.delete(bob.user_id, activity["crmId"], current["version"])
+
+    deleted = run(world, bob)
+
+    assert deleted.writes_to_graph == 1
+    assert world.outlook_events(ann) == []
+    assert world.outlook_events(bob) == []
+    assert list(world.storage().links.list_for_user(ann.user_id)) == []
+    assert list(world.storage().links.list_for_user(bob.user_id)) == []
+    assert run(world, ann).writes_to_graph == 0
+    assert log_entries_other_than_conflicts(world, ann) == []
     assert log_entries_other_than_conflicts(world, bob) == []

@@ -24,7 +24,8 @@ item of the round was handled. A rerun of a half-applied round sees its own writ
 Failures: a throttled or failing remote (after the clients' own retries, ``Retry-After`` honoured and capped)
 fails the run, and the queue retries it later; a revoked grant makes the user ``reconnect_required`` (the CRM
 is told once); an expired delta token (410 / ``syncStateNotFound``) starts a full round that re-matches
-existing links and never duplicates; an item the other side refuses (a 400) is recorded against that item in
+existing links and never duplicates (and reads by id the linked events it did not list: the deleted ones are
+deleted on the other side); an item the other side refuses (a 400) is recorded against that item in
 the user's status and the run goes on; a mass deletion stops the run and flags the user.
 """
 
@@ -118,6 +119,8 @@ ITEM_WRITERS = 4
 MAX_REPLANS = 3
 # A message that found the lease held by a run that is just ending comes back this much later.
 _HANDOVER_DELAY_SECONDS = 2
+# Linked events a full round did not list, read per plan (in ``$batch`` requests of 20) to confirm them gone.
+_UNLISTED_PER_PLAN = 100
 # How long a run waits for another user's run to finish creating a meeting's activity.
 _CLAIM_WAIT_SECONDS = 5.0
 
@@ -131,6 +134,10 @@ class GraphCalendar(Protocol):
     def delta_pages(self, token: Callable[[], str], url: str) -> Iterable[DeltaPage]: ...
 
     def get_event(self, token: Callable[[], str], event_id: str) -> GraphEvent: ...
+
+    def get_events(
+        self, token: Callable[[], str], event_ids: Sequence[str]
+    ) -> Mapping[str, GraphEvent | None]: ...
 
     def create_event(self, token: Callable[[], str], body: Mapping[str, object]) -> GraphEvent: ...
 
@@ -250,6 +257,7 @@ class _LinkCache:
         self._by_graph: dict[str, Versioned[Link] | None] = {}
         self._by_crm: dict[str, Versioned[Link] | None] = {}
         self._complete = False
+        self._written: set[str] = set()  # Graph ids of the links this round saved or dropped
         self._lock = threading.Lock()
 
     def load_all(self) -> None:
@@ -281,8 +289,20 @@ class _LinkCache:
                 self._by_graph[found.value.graph_id] = found
         return found
 
+    def unlisted(self, listed: set[str]) -> list[Versioned[Link]]:
+        """After ``load_all``: the links read then whose event is not in ``listed`` and that this round
+        left alone."""
+        with self._lock:
+            assert self._complete
+            return [
+                link
+                for graph_id, link in self._by_graph.items()
+                if link is not None and graph_id not in listed and graph_id not in self._written
+            ]
+
     def written(self, saved: Sequence[Versioned[Link]], dropped: Sequence[Versioned[Link]]) -> None:
         with self._lock:
+            self._written.update(link.value.graph_id for link in (*saved, *dropped))
             for link in dropped:
                 self._by_graph[link.value.graph_id] = None
                 self._by_crm[link.value.crm_id] = None
@@ -308,6 +328,7 @@ class _Round:
     links: _LinkCache | None = None
     lease: Versioned[Lease] | None = None
     claims: dict[str, Versioned[MeetingClaim]] = field(default_factory=dict)  # meetings this round claimed
+    listed: set[str] | None = None  # a full round: the Graph ids its pages listed
 
     @property
     def cache(self) -> _LinkCache:
@@ -467,6 +488,7 @@ class Reconciler:
         url = cursor.value.delta_link if cursor is not None else self._full_round_url(state.now)
         if cursor is None:
             state.cache.load_all()
+            state.listed = set()
         try:
             delta_link = self._pages(state, report, url)
         except DeltaExpiredError:
@@ -478,7 +500,10 @@ class Reconciler:
                 self._storage.cursors.delete(user_id, EVENTS)
                 cursor = None
             state.cache.load_all()
+            state.listed = set()
             delta_link = self._pages(state, report, self._full_round_url(state.now))
+        if state.listed is not None:
+            self._unlisted_links(state, report)
         # The changes no page held an item of (the common case: creates and edits of unchanged events).
         if state.crm_changes:
             self._plan_and_apply(state, report, [], list(state.crm_changes.values()))
@@ -493,6 +518,40 @@ class Reconciler:
             current = self._storage.cursors.get(user_id, EVENTS)
             self._storage.cursors.put(new_cursor, etag=current.etag if current is not None else None)
 
+    def _unlisted_links(self, state: _Round, report: RunReport) -> None:
+        """The end of a full round: the linked events it did not list. A full round lists only the events
+        that exist in the window, so an event deleted in Outlook before it (while the delta token was lost)
+        is seen nowhere else. Each is read (``$batch``, 20 to a request): 404 is a confirmed deletion, planned
+        as any Outlook deletion (a CRM edit still beats it; the mass-deletion guard counts it, all of them
+        in one plan); an event that is there lies outside the window (or was left out of it by Graph), and
+        is planned as a changed event, as a delta removal it answers to would be."""
+        assert state.listed is not None
+        unlisted = [link.value.graph_id for link in state.cache.unlisted(state.listed)]
+        if not unlisted:
+            return
+        deleted: list[GraphChange] = []
+        for first in range(0, len(unlisted), _UNLISTED_PER_PLAN):
+            found = self._graph.get_events(state.token, unlisted[first : first + _UNLISTED_PER_PLAN])
+            present: list[GraphChange] = []
+            for graph_id, event in found.items():
+                if event is None:
+                    deleted.append(GraphDeletion(graph_id))
+                else:
+                    present.append(GraphUpsert(event))
+            if present:
+                report.graph_changes += len(present)
+                self._plan_and_apply(state, report, present, self._crm_changes_for(state, present))
+        if deleted:
+            # case: deleted in Outlook while the delta token was lost (410 / syncStateNotFound): the full
+            # round never lists it, so it is confirmed by id and then deleted like any Outlook deletion.
+            log.info(
+                "reconcile: user %s: %d linked event(s) gone since the delta token was lost",
+                state.connection.user_id,
+                len(deleted),
+            )
+            report.graph_changes += len(deleted)
+            self._plan_and_apply(state, report, deleted, self._crm_changes_for(state, deleted))
+
     def _full_round_url(self, now: datetime) -> str:
         return self._graph.calendar_delta_url(
             now - timedelta(days=self._policy.window_past_days),
@@ -503,6 +562,8 @@ class Reconciler:
         """Plan and apply every page of the round from ``url``; the deltaLink to save."""
         for page in self._graph.delta_pages(state.token, url):
             report.pages += 1
+            if state.listed is not None:
+                state.listed.update(item.id for item in page.items)
             if report.pages > 1:
                 # A long round keeps its lease (and its exclusivity) page by page.
                 assert state.lease is not None

@@ -85,12 +85,7 @@ from tests.integration.sync_machine_kit import (
 
 # Known service bugs the machine found (reported in the issue notes). While one is True the machine avoids
 # the steps that trigger it; set it to False once the bug is fixed.
-KNOWN_BUGS = {
-    # After Graph forgets the delta token (410) the full round lists only the events that exist, so an event
-    # deleted in Outlook before it is never seen as deleted: its activity stays, linked to nothing (and a CRM
-    # edit of it is dropped with its outbox row after the update gets 404).
-    "full_resync_misses_deletions": True,
-}
+KNOWN_BUGS: dict[str, bool] = {}
 
 MAX_ITEMS = 6
 # A run that fails is retried this many times at most (faults are finite; a hard crash costs one attempt).
@@ -192,7 +187,6 @@ class SyncMachine(RuleBasedStateMachine):
         self.expected_conflicts: set[tuple[int, str, Field]] = set()
         self.logged: set[SyncLogEntry] = set()
         self.policy = ConflictPolicy.CRM_WINS
-        self.delta_expired: set[int] = set()  # people whose delta token Graph forgot (until their next run)
 
     # --- set-up ---------------------------------------------------------------------------------------------
 
@@ -323,10 +317,10 @@ class SyncMachine(RuleBasedStateMachine):
         self.world.outlook_update(person, item.graph_id, {"subject": current["subject"]})
         item.m365_edited_at = self.tick
 
-    @precondition(lambda self: any(self._deletable_in_outlook(i) for i in self.items))
+    @precondition(lambda self: any(_in_outlook(i) for i in self.items))
     @rule(data=st.data())
     def outlook_delete(self, data: st.DataObject) -> None:
-        item = self._pick(data, self._deletable_in_outlook)
+        item = self._pick(data, _in_outlook)
         assert item.graph_id is not None
         self.world.outlook_delete(self.people[item.cal], item.graph_id)
         item.m365 = None
@@ -377,13 +371,11 @@ class SyncMachine(RuleBasedStateMachine):
         self._run(data.draw(self._who(), label="person"))
         self.world.switch.disarm()
 
-    @precondition(lambda self: not self._known_bug_blocks_expiry())
     @rule(data=st.data())
     def expire_delta_token(self, data: st.DataObject) -> None:
         """Graph forgets the delta token (410): the next run starts a full round, which must not duplicate."""
         who = data.draw(self._who(), label="person")
         self.world.graph.expire_delta_tokens(self.people[who].oid)
-        self.delta_expired.add(who)
 
     @rule()
     def settle(self) -> None:
@@ -535,7 +527,6 @@ class SyncMachine(RuleBasedStateMachine):
             self._crm_echo()
             note(f"run of person {who}: {report}")
             if report.ran:
-                self.delta_expired.discard(who)
                 self._synced(who)
                 return report
             fired = self.world.switch.fired
@@ -668,18 +659,6 @@ class SyncMachine(RuleBasedStateMachine):
             and item.m365 is not None
             and item.graph_id is not None
             and not self._edited(item.base, item.m365)
-        )
-
-    def _deletable_in_outlook(self, item: Item) -> bool:
-        if not _in_outlook(item):
-            return False
-        known_bug = KNOWN_BUGS["full_resync_misses_deletions"] and item.cal in self.delta_expired
-        return not (known_bug and item.base is not None)
-
-    def _known_bug_blocks_expiry(self) -> bool:
-        """Whether an event that was synced is deleted in Outlook and no run has seen it yet."""
-        return KNOWN_BUGS["full_resync_misses_deletions"] and any(
-            item.base is not None and item.m365 is None for item in self.items
         )
 
     def _key(self) -> str:

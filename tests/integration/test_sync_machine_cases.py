@@ -5,18 +5,22 @@ users connected through the real sign-in trip, crashes injected into the real ta
 - ``test_a_recreated_event_whose_link_was_not_saved_is_linked_without_a_false_duplicate_skip``
 - ``test_an_activity_reassigned_away_and_back_before_the_new_owners_run_stays_where_it_is``
 - ``test_an_activity_reassigned_and_deleted_before_the_new_owners_run_leaves_the_previous_calendar``
+- ``test_after_the_delta_token_expired_events_deleted_before_are_deleted_in_the_crm``
+- ``test_a_read_throttled_inside_the_batch_is_sent_again_alone``
+- ``test_deletions_found_after_the_delta_token_expired_meet_the_mass_deletion_guard``
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import date
 
 import pytest
 
 from devkit.azurite import AzuriteEndpoints
 from sync_core.config import ConflictPolicy
-from sync_core.domain.state import SyncLogKind
+from sync_core.domain.state import ConnectionState, SyncLogKind
 from sync_core.services.reconcile import RunReport
 from tests.integration.sync_machine_kit import (
     CrashPlan,
@@ -162,3 +166,108 @@ def test_an_activity_reassigned_and_deleted_before_the_new_owners_run_leaves_the
     assert run(world, ann).writes_to_graph == 0
     assert log_entries_other_than_conflicts(world, ann) == []
     assert log_entries_other_than_conflicts(world, bob) == []
+
+
+def test_after_the_delta_token_expired_events_deleted_before_are_deleted_in_the_crm(
+    world: MachineWorld, container: MachineContainer
+) -> None:
+    ann = world.connect(POLICY)
+    run(world, ann)
+    gone = crm_create(world, ann, meeting("Gone", day=2), world.today)
+    edited = crm_create(world, ann, meeting("Edited in the CRM", day=3), world.today)
+    moved = crm_create(world, ann, meeting("Moved out of the window", day=4), world.today)
+    kept = crm_create(world, ann, meeting("Kept", day=5), world.today)
+    run(world, ann)
+    events = {
+        crm_id: linked_event(world, ann, crm_id)
+        for crm_id in (a["crmId"] for a in (gone, edited, moved, kept))
+    }
+    # While the delta token is lost: two events deleted in Outlook (one of their activities edited in the CRM
+    # meanwhile: the edit wins), one moved past the window's end (its move still syncs; it is not deleted).
+    world.outlook_delete(ann, str(events[gone["crmId"]]))
+    world.outlook_delete(ann, str(events[edited["crmId"]]))
+    crm_edit(world, edited["crmId"], {"subject": "Edited in the CRM, again"})
+    world.outlook_update(ann, str(events[moved["crmId"]]), Slot(400, 9, 60, "UTC").graph_json(world.today))
+    world.graph.expire_delta_tokens(ann.oid)
+    world.graph.reset_request_log()
+
+    resynced = run(world, ann)
+
+    assert resynced.full_resyncs == 1
+    assert world.crm.activity(gone["crmId"]) is None
+    activities = {a["crmId"]: a for a in world.crm.activities(ann.user_id)}
+    assert sorted(activities) == sorted((edited["crmId"], moved["crmId"], kept["crmId"]))
+    assert activities[moved["crmId"]]["start"].startswith(
+        Slot(400, 9, 60, "UTC").crm_json(world.today)["start"][:10]
+    )
+    outlook = sorted(event["subject"] for event in world.outlook_events(ann))
+    assert outlook == ["Edited in the CRM, again", "Kept", "Moved out of the window"]
+    links = {
+        link.value.crm_id: link.value.graph_id for link in world.storage().links.list_for_user(ann.user_id)
+    }
+    assert sorted(links) == sorted(activities)
+    assert links[kept["crmId"]] == events[kept["crmId"]]
+    assert links[edited["crmId"]] != events[edited["crmId"]]
+    # The unlisted linked events (deleted, or outside the window) were read in one $batch request.
+    mailbox = world.graph.request_log(ann.oid)
+    reads = [(r["method"], r["batch"]) for r in mailbox if "/events/" in r["path"]]
+    batches = [r for r in world.graph.request_log() if r["path"].endswith("/$batch")]
+    assert reads.count(("GET", True)) == 3, reads
+    assert ("GET", False) not in reads, reads
+    assert len(batches) == 1, batches
+    assert log_entries_other_than_conflicts(world, ann) == []
+    assert run(world, ann).writes_to_graph == 0
+
+
+def test_a_read_throttled_inside_the_batch_is_sent_again_alone(
+    world: MachineWorld, container: MachineContainer
+) -> None:
+    ann = world.connect(POLICY)
+    run(world, ann)
+    activities = [crm_create(world, ann, meeting(f"Call {n}", day=2 + n), world.today) for n in range(2)]
+    run(world, ann)
+    for activity in activities:
+        world.outlook_delete(ann, str(linked_event(world, ann, activity["crmId"])))
+    world.graph.expire_delta_tokens(ann.oid)
+    world.graph.inject_fault(429, count=1, retry_after=0, user=ann.oid, method="GET", in_batch=True)
+    world.graph.reset_request_log()
+
+    run(world, ann)
+
+    assert [world.crm.activity(activity["crmId"]) for activity in activities] == [None, None]
+    reads = [
+        (r["batch"], r["status"])
+        for r in world.graph.request_log(ann.oid)
+        if r["method"] == "GET" and "/events/" in r["path"]
+    ]
+    assert sorted(reads) == [(False, 404), (True, 404), (True, 429)], reads
+
+
+def test_deletions_found_after_the_delta_token_expired_meet_the_mass_deletion_guard(
+    world: MachineWorld, container: MachineContainer
+) -> None:
+    settings = container.settings
+    guarded = MachineContainer(
+        replace(settings, sync=replace(settings.sync, mass_delete_min_items=3)), world.clock, world.switch
+    )
+    try:
+        ann = world.connect(POLICY)
+        run(world, ann)
+        activities = [crm_create(world, ann, meeting(f"Visit {n}", day=2 + n), world.today) for n in range(4)]
+        run(world, ann)
+        for activity in activities[:3]:
+            world.outlook_delete(ann, str(linked_event(world, ann, activity["crmId"])))
+        world.graph.expire_delta_tokens(ann.oid)
+
+        guarded.reconciler.run(ann.user_id)
+
+        assert sorted(a["crmId"] for a in world.crm.activities(ann.user_id)) == sorted(
+            a["crmId"] for a in activities
+        )
+        connection = world.storage().connections.get(ann.user_id)
+        assert connection is not None
+        assert connection.value.state is ConnectionState.ERROR
+        assert connection.value.last_error is not None
+        assert connection.value.last_error.code == "mass_deletion"
+    finally:
+        guarded.close()

@@ -297,7 +297,10 @@ class _LinkCache:
             return [
                 link
                 for graph_id, link in self._by_graph.items()
-                if link is not None and graph_id not in listed and graph_id not in self._written
+                if link is not None
+                and graph_id not in listed
+                and graph_id not in self._written
+                and self._by_crm.get(link.value.crm_id) is link
             ]
 
     def written(self, saved: Sequence[Versioned[Link]], dropped: Sequence[Versioned[Link]]) -> None:
@@ -307,6 +310,12 @@ class _LinkCache:
                 self._by_graph[link.value.graph_id] = None
                 self._by_crm[link.value.crm_id] = None
             for link in saved:
+                replaced = self._by_crm.get(link.value.crm_id)
+                if replaced is not None and replaced.value.graph_id != link.value.graph_id:
+                    # case: the activity's link moved to another event (re-created in Outlook): the old
+                    # event no longer names it, so a later deletion of that event deletes nothing.
+                    self._by_graph[replaced.value.graph_id] = None
+                    self._written.add(replaced.value.graph_id)
                 self._by_graph[link.value.graph_id] = link
                 self._by_crm[link.value.crm_id] = link
 

@@ -87,6 +87,7 @@ from sync_core.domain.state import (
     Lease,
     Link,
     OutboxEntry,
+    OutboxOperation,
     SyncLogEntry,
     SyncLogKind,
     Versioned,
@@ -827,10 +828,24 @@ class Reconciler:
                     )
         if saves or drops:
             state.cache.written(self._storage.links.write(user_id, saves, drops), drops)
+        deleted = {change.crm_id for change in request.crm_changes if isinstance(change, CrmDeletion)}
         for other in others_dropped:
+            if other.value.crm_id in deleted:
+                # Before the link goes: a run that dies in between finds the link again and comes back here.
+                self._drop_stale_push(other.value.user_id, other.value.crm_id)
             with contextlib.suppress(ConflictError):  # changed by its own user's run meanwhile: theirs wins
                 self._storage.links.write(other.value.user_id, deletes=[other])
         self._index(state, saves, drops, others_dropped)
+
+    def _drop_stale_push(self, user_id: str, crm_id: str) -> None:
+        """case: an activity reassigned away from ``user_id`` and deleted before the new owner's run: a push
+        of it still waiting in ``user_id``'s outbox (a retried push, or the CRM's echo of our own write) is
+        older than the deletion. Its link is gone now, so that run would create the activity again in the
+        calendar it just left: the row goes (unless a newer one replaced it since)."""
+        waiting = self._storage.outbox.get(user_id, crm_id)
+        if waiting is not None and waiting.value.operation is OutboxOperation.UPSERT:
+            self._storage.outbox.delete_handled(waiting)
+            log.info("reconcile: user %s: push of deleted activity %s dropped", user_id, crm_id)
 
     def _index(
         self,

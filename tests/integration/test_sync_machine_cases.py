@@ -5,6 +5,7 @@ users connected through the real sign-in trip, crashes injected into the real ta
 - ``test_a_recreated_event_whose_link_was_not_saved_is_linked_without_a_false_duplicate_skip``
 - ``test_an_activity_reassigned_away_and_back_before_the_new_owners_run_stays_where_it_is``
 - ``test_an_activity_reassigned_and_deleted_before_the_new_owners_run_leaves_the_previous_calendar``
+- ``test_a_push_waiting_for_the_previous_owner_of_an_activity_deleted_in_transit_creates_nothing``
 - ``test_after_the_delta_token_expired_events_deleted_before_are_deleted_in_the_crm``
 - ``test_a_read_throttled_inside_the_batch_is_sent_again_alone``
 - ``test_deletions_found_after_the_delta_token_expired_meet_the_mass_deletion_guard``
@@ -271,3 +272,27 @@ def test_deletions_found_after_the_delta_token_expired_meet_the_mass_deletion_gu
         assert connection.value.last_error.code == "mass_deletion"
     finally:
         guarded.close()
+
+
+def test_a_push_waiting_for_the_previous_owner_of_an_activity_deleted_in_transit_creates_nothing(
+    world: MachineWorld, container: MachineContainer
+) -> None:
+    ann, bob = world.connect(POLICY), world.connect(POLICY)
+    run(world, ann)
+    run(world, bob)
+    activity = crm_create(world, ann, meeting("Offsite"), world.today)
+    run(world, ann)
+    # Ann's outbox holds a push of it again (a retried push, or the CRM's echo of a write of ours) when it is
+    # reassigned to Bob and deleted.
+    container.activity_pushes.upsert(ann.user_id, activity["crmId"], world.crm.activity(activity["crmId"]))
+    current = reassign(world, activity["crmId"], bob)
+    world.crm.delete_as_user(activity["crmId"])
+    container.activity_pushes.delete(bob.user_id, activity["crmId"], current["version"])
+
+    run(world, bob)
+    later = run(world, ann)
+
+    assert later.writes_to_graph == 0
+    assert world.outlook_events(ann) == []
+    assert list(world.storage().links.list_for_user(ann.user_id)) == []
+    assert world.storage().outbox.list_for_user(ann.user_id) == []

@@ -700,9 +700,14 @@ class Reconciler:
             try:
                 current = self._crm.get_activity(change.crm_id)
             except ItemGoneError:
-                # case: reassigned to this user and deleted since: a deletion, which reaches the calendar
-                # that holds the event (its push to this user may come later, or never be applied).
-                checked.append(CrmDeletion(change.crm_id, change.version))
+                # case: reassigned to this user and deleted since: the push is stale and moves nothing. The
+                # deletion was pushed to the owner the activity had then (this user's outbox would hold it
+                # instead of this push), whose run deletes the event where it is.
+                log.info(
+                    "reconcile: user %s: activity %s was deleted since; push ignored",
+                    state.connection.user_id,
+                    change.crm_id,
+                )
                 continue
             if current.activity.owner_crm_user_id not in (None, state.connection.user_id):
                 # case: reassigned to this user and back (A → B → A) before this run: the push is stale and

@@ -4,6 +4,7 @@ users connected through the real sign-in trip, crashes injected into the real ta
 
 - ``test_a_recreated_event_whose_link_was_not_saved_is_linked_without_a_false_duplicate_skip``
 - ``test_an_activity_reassigned_away_and_back_before_the_new_owners_run_stays_where_it_is``
+- ``test_an_activity_reassigned_away_and_back_then_deleted_is_deleted_by_its_owners_run``
 - ``test_an_activity_reassigned_and_deleted_before_the_new_owners_run_leaves_the_previous_calendar``
 - ``test_a_push_waiting_for_the_previous_owner_of_an_activity_deleted_in_transit_creates_nothing``
 - ``test_after_the_delta_token_expired_events_deleted_before_are_deleted_in_the_crm``
@@ -296,3 +297,28 @@ def test_a_push_waiting_for_the_previous_owner_of_an_activity_deleted_in_transit
     assert world.outlook_events(ann) == []
     assert list(world.storage().links.list_for_user(ann.user_id)) == []
     assert world.storage().outbox.list_for_user(ann.user_id) == []
+
+
+def test_an_activity_reassigned_away_and_back_then_deleted_is_deleted_by_its_owners_run(
+    world: MachineWorld, container: MachineContainer
+) -> None:
+    ann, bob = world.connect(POLICY), world.connect(POLICY)
+    run(world, ann)
+    run(world, bob)
+    activity = crm_create(world, ann, meeting("Retro"), world.today)
+    run(world, ann)
+    event_id = linked_event(world, ann, activity["crmId"])
+    reassign(world, activity["crmId"], bob)
+    current = reassign(world, activity["crmId"], ann)
+    world.crm.delete_as_user(activity["crmId"])
+    container.activity_pushes.delete(ann.user_id, activity["crmId"], current["version"])
+
+    # Bob's run holds only the stale push naming him the owner: it moves and deletes nothing.
+    assert run(world, bob).writes_to_graph == 0
+    assert [event["id"] for event in world.outlook_events(ann)] == [event_id]
+    # Ann's run holds the deletion.
+    assert run(world, ann).writes_to_graph == 1
+    assert world.outlook_events(ann) == []
+    assert world.outlook_events(bob) == []
+    assert list(world.storage().links.list_for_user(ann.user_id)) == []
+    assert log_entries_other_than_conflicts(world, bob) == []

@@ -8,7 +8,8 @@ failures → ``TransientRemoteError``, other 4xx → ``RemoteRejectedError``), n
 Graph's messages can quote request data. Logs carry method, path without query, status and stable ids.
 
 Subscriptions (create, renew — a PATCH, which also reauthorizes — and delete) and the calendar: the
-``calendarView/delta`` pages of a round (streamed, one page at a time), and single-event reads and writes.
+``calendarView/delta`` pages of a round (streamed, one page at a time), single-event reads and writes, and
+reads of many events by id through ``$batch``.
 Event calls carry ``mapping.GRAPH_PREFER`` (immutable ids, text bodies, UTC times).
 """
 
@@ -64,6 +65,8 @@ _IMMUTABLE_IDS = 'IdType="ImmutableId"'
 _DEFAULT_TIMEOUT = (5.0, 30.0)
 # Events per delta page: big enough to keep requests per event low, small enough to keep a page in memory.
 DELTA_PAGE_SIZE = 100
+# Requests per ``$batch`` (Graph's limit).
+BATCH_SIZE = 20
 _EVENT_PREFER = tuple(value for value in GRAPH_PREFER if value != _IMMUTABLE_IDS)
 
 
@@ -189,6 +192,40 @@ class GraphClient:
             if next_url is not None and len(instances) >= limit:
                 return instances, complete, True
         return instances, complete, False
+
+    def get_events(self, token: AccessToken, event_ids: Sequence[str]) -> dict[str, GraphEvent | None]:
+        """GET many events, ``BATCH_SIZE`` to a ``$batch`` request: each id → its event, or None when Graph
+        answers 404 (deleted). An inner request that fails otherwise (an inner 429 or 5xx: Graph throttles
+        each one on its own, and SDKs do not retry them) is sent again alone, with the usual retries."""
+        found: dict[str, GraphEvent | None] = {}
+        headers = {"Prefer": ", ".join((_IMMUTABLE_IDS, *_EVENT_PREFER))}
+        for first in range(0, len(event_ids), BATCH_SIZE):
+            chunk = list(dict.fromkeys(event_ids[first : first + BATCH_SIZE]))
+            requests_ = [
+                {"id": str(n), "method": "GET", "url": _event_path(event_id), "headers": headers}
+                for n, event_id in enumerate(chunk)
+            ]
+            answer = self.request("POST", "/$batch", token, body={"requests": requests_}, replay_safe=True)
+            responses = answer.get("responses") if isinstance(answer, Mapping) else None
+            answered: dict[str, Mapping[str, Any]] = {}
+            for response in responses if isinstance(responses, list) else []:
+                if isinstance(response, Mapping) and str(response.get("id")).isdigit():
+                    number = int(str(response["id"]))
+                    if number < len(chunk):
+                        answered[chunk[number]] = response
+            for event_id in chunk:
+                response = answered.get(event_id, {})
+                status = response.get("status")
+                if status == 200:
+                    found[event_id] = _event(response.get("body"))
+                elif status == 404:
+                    found[event_id] = None
+                else:
+                    try:
+                        found[event_id] = self.get_event(token, event_id)
+                    except ItemGoneError:
+                        found[event_id] = None
+        return found
 
     def create_event(self, token: AccessToken, body: Mapping[str, Any]) -> GraphEvent:
         """POST an event. Replay-safe only because every create we send carries a ``transactionId``: Graph

@@ -1548,6 +1548,11 @@ class OutboxStore:
             for entity in self._table.query(_IN_PARTITION, {"pk": _key("", user_id)})
         ]
 
+    def get(self, user_id: str, crm_id: str) -> Versioned[OutboxEntry] | None:
+        """The change of one activity waiting for the user, if any (one point read)."""
+        entity = self._table.get(_key("", user_id), _key("", crm_id))
+        return None if entity is None else _decoded(self._table.name, _outbox_from, entity)
+
     def has_pending(self, user_id: str) -> bool:
         """True when at least one change waits (reads at most one key, no values)."""
         rows = self._table.query(_IN_PARTITION, {"pk": _key("", user_id)}, select=(_RK,), page_size=1)

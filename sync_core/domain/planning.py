@@ -36,7 +36,8 @@ What the gather step must hand over (``SyncRequest``):
 - ``people``: the CRM's ``GET /people`` answer for ``emails_to_look_up(graph_changes)``.
 - ``shared_meetings``: for iCalUIds of the Outlook changes, the CRM activity another connected user's link
   already holds (one meeting in two connected calendars is one activity).
-- ``other_users_links``: links other users hold for the CRM ids pushed (owner reassignment).
+- ``other_users_links``: links other users hold for the CRM ids pushed (owner reassignment, or a deletion
+  of an activity reassigned before the new owner's run).
 
 Decisions where the design is silent are written where they are made, as ``case`` comments.
 """
@@ -214,6 +215,12 @@ class _Planner:
             if adopted is None:
                 return _Item(f"m365:{graph_id}", graph=change)
             item = items.get(f"crm:{adopted.crm_id}") or _Item(f"crm:{adopted.crm_id}")
+            if self._recreated_from_link(change.event, adopted.crm_id, item):
+                # case: our re-creation of the linked event after it was deleted in Outlook (the CRM's edit
+                # won), by a run that died before saving the new link: the link still names the deleted
+                # event. No duplicate: the deletion and the CRM change plan the same create again (same
+                # transactionId, so Graph answers with this event) and the link moves to it.
+                return None
             if adopted.crm_id in self.links_by_crm or item.graph is not None:
                 # case: the activity is already synced with another event of this user (or claimed by one
                 # earlier in this delta): never a second link, never a second activity.
@@ -224,6 +231,14 @@ class _Planner:
             return None  # case: a removal of an event we never synced: nothing to do
         item = items.get(f"crm:{link.crm_id}") or _Item(f"crm:{link.crm_id}", link=link)
         return replace(item, graph=change)
+
+    def _recreated_from_link(self, event: GraphEvent, crm_id: str, item: _Item) -> bool:
+        """Whether ``event`` is the create this user's link of ``crm_id`` plans when its event is deleted
+        (its ``transactionId`` names the linked event as the predecessor)."""
+        link = self.links_by_crm.get(crm_id)
+        if link is None or isinstance(item.graph, GraphUpsert):
+            return False
+        return event.raw.get("transactionId") == transaction_id(self.user_id, crm_id, link.graph_id)
 
     def _adopted_link(self, change: GraphUpsert) -> Link | None:
         """A link for an unlinked Outlook event that is already known by another name, or None."""
@@ -261,6 +276,8 @@ class _Planner:
                 return self._new_from_crm(item, item.crm)
             if isinstance(item.graph, GraphUpsert):
                 return self._new_from_outlook(item, item.graph.event)
+            if isinstance(item.crm, CrmDeletion):
+                return self._deleted_in_transit(item, item.crm)
             return []  # case: a deletion of something never synced
         if item.link.crm_owner_id is not None:
             return self._shared_copy(item, item.link)
@@ -371,6 +388,27 @@ class _Planner:
             return self._create_in_outlook(item, crm, predecessor=link)
         version = crm.version if isinstance(crm, CrmUpsert) else link.crm_version
         return [DeleteInCrm(item.key, link.crm_id, link.graph_id, version), drop]
+
+    def _deleted_in_transit(self, item: _Item, change: CrmDeletion) -> list[Action]:
+        """A deletion of an activity this user has no link for: nothing, unless another user's calendar
+        still holds it."""
+        actions: list[Action] = []
+        for previous in self.request.other_users_links:
+            if (
+                previous.crm_id == change.crm_id
+                and previous.user_id != self.user_id
+                and previous.crm_owner_id is None
+            ):
+                # case: reassigned to this user and deleted before this user's run (the CRM pushed the
+                # deletion to the new owner): the event leaves the previous owner's calendar, which still
+                # holds it, linked. A deletion like any other (the mass-deletion guard counts it); under
+                # m365_to_crm the event stays, unlinked.
+                if self.rules_take(Side.CRM):
+                    actions.append(
+                        DeleteInGraph(item.key, previous.user_id, previous.graph_id, previous.crm_id)
+                    )
+                actions.append(DropLink(item.key, previous))
+        return actions
 
     def _edited(self, base: Base, seen: Activity, side: Side, item: _Item) -> bool:
         assert isinstance(item.graph, GraphUpsert)

@@ -24,7 +24,8 @@ item of the round was handled. A rerun of a half-applied round sees its own writ
 Failures: a throttled or failing remote (after the clients' own retries, ``Retry-After`` honoured and capped)
 fails the run, and the queue retries it later; a revoked grant makes the user ``reconnect_required`` (the CRM
 is told once); an expired delta token (410 / ``syncStateNotFound``) starts a full round that re-matches
-existing links and never duplicates; an item the other side refuses (a 400) is recorded against that item in
+existing links and never duplicates (and reads by id the linked events it did not list: the deleted ones are
+deleted on the other side); an item the other side refuses (a 400) is recorded against that item in
 the user's status and the run goes on; a mass deletion stops the run and flags the user.
 """
 
@@ -87,6 +88,7 @@ from sync_core.domain.state import (
     Lease,
     Link,
     OutboxEntry,
+    OutboxOperation,
     SyncLogEntry,
     SyncLogKind,
     Versioned,
@@ -129,6 +131,8 @@ _HANDOVER_DELAY_SECONDS = 2
 # took up to 5 rounds, each a delta read and ~5 Table transactions (bench.sync_costs). The first round of a
 # run never waits, so a lone change syncs as soon as before.
 _BURST_ROUND_SECONDS = 0.3
+# Linked events a full round did not list, read per plan (in ``$batch`` requests of 20) to confirm them gone.
+_UNLISTED_PER_PLAN = 100
 # How long a run waits for another user's run to finish creating a meeting's activity.
 _CLAIM_WAIT_SECONDS = 5.0
 
@@ -142,6 +146,10 @@ class GraphCalendar(Protocol):
     def delta_pages(self, token: Callable[[], str], url: str) -> Iterable[DeltaPage]: ...
 
     def get_event(self, token: Callable[[], str], event_id: str) -> GraphEvent: ...
+
+    def get_events(
+        self, token: Callable[[], str], event_ids: Sequence[str]
+    ) -> Mapping[str, GraphEvent | None]: ...
 
     def create_event(self, token: Callable[[], str], body: Mapping[str, object]) -> GraphEvent: ...
 
@@ -272,6 +280,7 @@ class _LinkCache:
         self._by_graph: dict[str, Versioned[Link] | None] = {}
         self._by_crm: dict[str, Versioned[Link] | None] = {}
         self._complete = False
+        self._written: set[str] = set()  # Graph ids of the links this round saved or dropped
         self._lock = threading.Lock()
 
     def load_all(self) -> None:
@@ -335,12 +344,33 @@ class _LinkCache:
                 self._by_graph[found.value.graph_id] = found
         return found
 
+    def unlisted(self, listed: set[str]) -> list[Versioned[Link]]:
+        """After ``load_all``: the links read then whose event is not in ``listed`` and that this round
+        left alone."""
+        with self._lock:
+            assert self._complete
+            return [
+                link
+                for graph_id, link in self._by_graph.items()
+                if link is not None
+                and graph_id not in listed
+                and graph_id not in self._written
+                and self._by_crm.get(link.value.crm_id) is link
+            ]
+
     def written(self, saved: Sequence[Versioned[Link]], dropped: Sequence[Versioned[Link]]) -> None:
         with self._lock:
+            self._written.update(link.value.graph_id for link in (*saved, *dropped))
             for link in dropped:
                 self._by_graph[link.value.graph_id] = None
                 self._by_crm[link.value.crm_id] = None
             for link in saved:
+                replaced = self._by_crm.get(link.value.crm_id)
+                if replaced is not None and replaced.value.graph_id != link.value.graph_id:
+                    # case: the activity's link moved to another event (re-created in Outlook): the old
+                    # event no longer names it, so a later deletion of that event deletes nothing.
+                    self._by_graph[replaced.value.graph_id] = None
+                    self._written.add(replaced.value.graph_id)
                 self._by_graph[link.value.graph_id] = link
                 self._by_crm[link.value.crm_id] = link
 
@@ -373,6 +403,7 @@ class _Round:
     series_read: set[str] = field(default_factory=set)  # series masters this round read (once a round)
     memo: _RunMemo = field(default_factory=_RunMemo)
     new_cursor: Cursor | None = None  # the deltaLink to save with the round's end (None: unchanged)
+    listed: set[str] | None = None  # a full round: the Graph ids its pages listed
 
     @property
     def cache(self) -> _LinkCache:
@@ -573,6 +604,7 @@ class Reconciler:
         url = cursor.value.delta_link if cursor is not None else self._full_round_url(state.now)
         if cursor is None:
             state.cache.load_all()
+            state.listed = set()
         try:
             delta_link = self._pages(state, report, url)
         except DeltaExpiredError:
@@ -586,7 +618,10 @@ class Reconciler:
                 memo.cursor, memo.cursor_known = None, True
             state.cache.load_all()
             state.series_read.clear()
+            state.listed = set()
             delta_link = self._pages(state, report, self._full_round_url(state.now))
+        if state.listed is not None:
+            self._unlisted_links(state, report)
         # The changes no page held an item of (the common case: creates and edits of unchanged events).
         if state.crm_changes:
             self._plan_and_apply(state, report, [], list(state.crm_changes.values()))
@@ -606,6 +641,42 @@ class Reconciler:
             return lease
         return self._storage.leases.renew(lease, now, self._lease_duration)
 
+    def _unlisted_links(self, state: _Round, report: RunReport) -> None:
+        """The end of a full round: the linked events it did not list. A full round lists only the events
+        that exist in the window, so an event deleted in Outlook before it (while the delta token was lost)
+        is seen nowhere else. Each is read (``$batch``, 20 to a request): 404 is a confirmed deletion, planned
+        as any Outlook deletion (a CRM edit still beats it; the mass-deletion guard counts it, all of them
+        in one plan); an event that is there lies outside the window (or was left out of it by Graph), and
+        is planned as a changed event, as a delta removal it answers to would be."""
+        assert state.listed is not None
+        unlisted = [link.value.graph_id for link in state.cache.unlisted(state.listed)]
+        if not unlisted:
+            return
+        deleted: list[GraphChange] = []
+        for first in range(0, len(unlisted), _UNLISTED_PER_PLAN):
+            found = self._graph.get_events(state.token, unlisted[first : first + _UNLISTED_PER_PLAN])
+            present: list[GraphChange] = []
+            for graph_id, event in found.items():
+                if event is None:
+                    deleted.append(GraphDeletion(graph_id))
+                else:
+                    present.append(GraphUpsert(event))
+            if present:
+                # case: a series master read back is planned whole, with its instances, as in a delta page.
+                present = self._gathered(state, present, unlinked_removals=False)
+                report.graph_changes += len(present)
+                self._plan_and_apply(state, report, present, self._crm_changes_for(state, present))
+        if deleted:
+            # case: deleted in Outlook while the delta token was lost (410 / syncStateNotFound): the full
+            # round never lists it, so it is confirmed by id and then deleted like any Outlook deletion.
+            log.info(
+                "reconcile: user %s: %d linked event(s) gone since the delta token was lost",
+                state.connection.user_id,
+                len(deleted),
+            )
+            report.graph_changes += len(deleted)
+            self._plan_and_apply(state, report, deleted, self._crm_changes_for(state, deleted))
+
     def _full_round_url(self, now: datetime) -> str:
         return self._graph.calendar_delta_url(
             now - timedelta(days=self._policy.window_past_days),
@@ -616,6 +687,15 @@ class Reconciler:
         """Plan and apply every page of the round from ``url``; the deltaLink to save."""
         for page in self._graph.delta_pages(state.token, url):
             report.pages += 1
+            if state.listed is not None:
+                state.listed.update(item.id for item in page.items)
+                # case: a full round lists a series by its occurrences and exceptions: their master is
+                # listed too (its link names the master), so it is not read back as if it were missing.
+                state.listed.update(
+                    str(item.raw["seriesMasterId"])
+                    for item in page.items
+                    if isinstance(item, Changed) and isinstance(item.raw.get("seriesMasterId"), str)
+                )
             if report.pages > 1:
                 # A long round keeps its lease (and its exclusivity) page by page.
                 assert state.lease is not None
@@ -652,9 +732,15 @@ class Reconciler:
                 changes[item.id] = GraphUpsert(self._graph.get_event(state.token, item.id))
             except ItemGoneError:
                 changes[item.id] = GraphDeletion(item.id)
+        return self._gathered(state, list(changes.values()), unlinked_removals=unlinked_removals)
+
+    def _gathered(
+        self, state: _Round, changes: list[GraphChange], *, unlinked_removals: bool
+    ) -> list[GraphChange]:
+        """``changes`` with each series whole: its occurrences' changes become one change of its master."""
         return self._series.gather(
             state.token,
-            list(changes.values()),
+            changes,
             now=state.now,
             unlinked_removals=unlinked_removals,
             already_read=state.series_read,
@@ -687,6 +773,8 @@ class Reconciler:
         emails = emails_to_look_up(graph_changes)
         people = self._crm.people(emails) if emails else PeopleDirectory()
         other_links = self._other_users_links(user_id, crm_changes, links)
+        if other_links:
+            crm_changes = self._current_moves(state, crm_changes, other_links)
         request = SyncRequest(
             user_id=user_id,
             now=state.now,
@@ -757,10 +845,11 @@ class Reconciler:
         self, user_id: str, crm_changes: Sequence[CrmChange], links: Mapping[str, Versioned[Link]]
     ) -> dict[tuple[str, str], Versioned[Link]]:
         """For CRM pushes of activities this user has no link to, the links other users hold (the activity
-        may have been reassigned to this user: it then leaves the previous owner's calendar)."""
+        may have been reassigned to this user: it then leaves the previous owner's calendar; or reassigned
+        and deleted before this user's run: the deletion goes to the calendar that holds the event)."""
         found: dict[tuple[str, str], Versioned[Link]] = {}
         for change in crm_changes:
-            if not isinstance(change, CrmUpsert) or change.crm_id in links:
+            if change.crm_id in links:
                 continue
             for holder in self._storage.item_index.holders(change.crm_id):
                 if holder == user_id:
@@ -769,6 +858,45 @@ class Reconciler:
                 if link is not None:
                     found[(holder, change.crm_id)] = link
         return found
+
+    def _current_moves(
+        self,
+        state: _Round,
+        crm_changes: Sequence[CrmChange],
+        other_links: Mapping[tuple[str, str], Versioned[Link]],
+    ) -> list[CrmChange]:
+        """The pushes that would move an activity out of another user's calendar, checked against what the
+        CRM holds now (one read per move: reassignments are rare)."""
+        moving = {crm_id for _holder, crm_id in other_links}
+        checked: list[CrmChange] = []
+        for change in crm_changes:
+            if not isinstance(change, CrmUpsert) or change.crm_id not in moving:
+                checked.append(change)
+                continue
+            try:
+                current = self._crm.get_activity(change.crm_id)
+            except ItemGoneError:
+                # case: reassigned to this user and deleted since: the push is stale and moves nothing. The
+                # deletion was pushed to the owner the activity had then (this user's outbox would hold it
+                # instead of this push), whose run deletes the event where it is.
+                log.info(
+                    "reconcile: user %s: activity %s was deleted since; push ignored",
+                    state.connection.user_id,
+                    change.crm_id,
+                )
+                continue
+            if current.activity.owner_crm_user_id not in (None, state.connection.user_id):
+                # case: reassigned to this user and back (A → B → A) before this run: the push is stale and
+                # moves nothing; the current owner's own push keeps the event where it is. Handled by being
+                # ignored: its outbox row goes with the others when the round is done.
+                log.info(
+                    "reconcile: user %s: activity %s belongs to another user again; push ignored",
+                    state.connection.user_id,
+                    change.crm_id,
+                )
+                continue
+            checked.append(change)
+        return checked
 
     def _plan(self, state: _Round, request: SyncRequest) -> tuple[Action, ...]:
         """``plan_sync``, with the mass-deletion guard measured against every link the user has: counted
@@ -881,10 +1009,24 @@ class Reconciler:
                     )
         if saves or drops:
             state.cache.written(self._storage.links.write(user_id, saves, drops), drops)
+        deleted = {change.crm_id for change in request.crm_changes if isinstance(change, CrmDeletion)}
         for other in others_dropped:
+            if other.value.crm_id in deleted:
+                # Before the link goes: a run that dies in between finds the link again and comes back here.
+                self._drop_stale_push(other.value.user_id, other.value.crm_id)
             with contextlib.suppress(ConflictError):  # changed by its own user's run meanwhile: theirs wins
                 self._storage.links.write(other.value.user_id, deletes=[other])
         self._index(state, saves, drops, others_dropped)
+
+    def _drop_stale_push(self, user_id: str, crm_id: str) -> None:
+        """case: an activity reassigned away from ``user_id`` and deleted before the new owner's run: a push
+        of it still waiting in ``user_id``'s outbox (a retried push, or the CRM's echo of our own write) is
+        older than the deletion. Its link is gone now, so that run would create the activity again in the
+        calendar it just left: the row goes (unless a newer one replaced it since)."""
+        waiting = self._storage.outbox.get(user_id, crm_id)
+        if waiting is not None and waiting.value.operation is OutboxOperation.UPSERT:
+            self._storage.outbox.delete_handled(waiting)
+            log.info("reconcile: user %s: push of deleted activity %s dropped", user_id, crm_id)
 
     def _index(
         self,

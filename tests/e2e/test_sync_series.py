@@ -720,3 +720,60 @@ def test_a_weekly_series_across_a_dst_change_keeps_its_local_time(stack: SyncSta
     stack.settle()
     assert len(stack.crm_activities(user)) == 1
     assert stack.world.crm.activity(activity["crmId"])["occurrenceOverrides"] == []  # type: ignore[index]
+
+
+# --- the delta token lost ---------------------------------------------------------------------------------
+
+
+def test_after_an_expired_delta_token_series_are_matched_and_a_deleted_series_is_deleted(
+    stack: SyncStack,
+) -> None:
+    """A full round lists a series by its occurrences: an untouched series is matched (not read back as
+    missing, not skipped as incomplete, nothing created again or rewritten), a cancellation made meanwhile
+    arrives, and a series deleted while Graph had forgotten the delta token is deleted in the CRM too."""
+    user = new_user(stack)
+    day = first_day(3)
+    kept = stack.outlook_create(user, outlook_series("Kept series", day, weekly(day)))
+    gone = stack.outlook_create(user, outlook_series("Gone series", day, weekly(day), hour=14))
+    stack.outlook_create(user, outlook_series("Untouched series", day, weekly(day), hour=16))
+    wait_until(
+        lambda: len([a for a in stack.crm_activities(user) if a.get("recurrence")]) == 3,
+        what="the three series in the CRM",
+    )
+    stack.settle()
+    gone_activity = stack.one_activity(user, "Gone series")
+    untouched = stack.one_activity(user, "Untouched series")
+    assert gone_activity is not None
+    assert untouched is not None
+    seen = len(stack.graph_requests(user))
+
+    stack.world.graph.expire_delta_tokens(stack.oid(user))
+    stack.outlook_delete(user, gone["id"])
+    cancelled = instances(stack, user, kept["id"])[2]
+    stack.outlook_delete(user, cancelled["id"])
+
+    def cancellation_arrived() -> bool:
+        activity = stack.one_activity(user, "Kept series")
+        return activity is not None and len(activity["cancelledOccurrences"]) == 1
+
+    wait_until(cancellation_arrived, what="the cancellation in the CRM")
+    wait_until(
+        lambda: stack.world.crm.activity(gone_activity["crmId"]) is None, what="the deleted series in the CRM"
+    )
+    stack.settle()
+    log = stack.graph_requests(user)[seen:]
+    assert any(entry["status"] == 410 for entry in log)
+    assert not any(
+        entry["method"] == "POST" and entry["path"].rstrip("/").endswith("/events") for entry in log
+    )
+    activity = stack.one_activity(user, "Kept series")
+    assert activity is not None
+    assert crm_keys(activity["cancelledOccurrences"]) == [utc_of(cancelled["originalStart"])]
+    assert (stack.world.crm.activity(untouched["crmId"]) or {}).get("version") == untouched["version"]
+    status = stack.status(user)
+    assert status["lastError"] is None
+    assert [entry for entry in status["syncLog"] if entry["kind"] == "skipped"] == []
+
+
+def graph_posts_in(log: list[Json]) -> int:
+    return sum(1 for r in log if r["method"] == "POST" and r["path"].rstrip("/").endswith("/events"))

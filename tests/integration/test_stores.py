@@ -525,6 +525,10 @@ def test_outbox_keeps_the_newest_change(storage: TableStorage) -> None:
     assert outbox.put(deletion).value == deletion
     assert outbox.put(outbox_entry(4)).value == deletion  # no upsert revives a waiting deletion
     assert [entry.value for entry in outbox.list_for_user("user-1")] == [deletion]
+    waiting = outbox.get("user-1", deletion.crm_id)
+    assert waiting is not None
+    assert waiting.value == deletion
+    assert outbox.get("user-1", "crm-other") is None
     assert outbox.has_pending("user-1")
     assert list(outbox.users_with_pending()) == ["user-1"]
 

@@ -85,22 +85,7 @@ from tests.integration.sync_machine_kit import (
 
 # Known service bugs the machine found (reported in the issue notes). While one is True the machine avoids
 # the steps that trigger it; set it to False once the bug is fixed.
-KNOWN_BUGS = {
-    # After Graph forgets the delta token (410) the full round lists only the events that exist, so an event
-    # deleted in Outlook before it is never seen as deleted: its activity stays, linked to nothing (and a CRM
-    # edit of it is dropped with its outbox row after the update gets 404).
-    "full_resync_misses_deletions": True,
-    # An activity reassigned A → B → A before B's run: B's run still acts on the push it holds (owner B),
-    # moves the event into B's calendar and drops A's link; the activity (owner A) has no event.
-    "stale_reassignment_push": True,
-    # An activity reassigned A → B and deleted before B's run: B's outbox holds only the deletion, which
-    # B's run ignores (B has no link); the event stays in A's calendar, linked to a deleted activity.
-    "deletion_in_transit_ignored": True,
-    # An event re-created in Outlook (deleted there, edited in the CRM) by a run that died before saving its
-    # link: the retry links the new event, but first logs it as "skipped: duplicate" (the old link still
-    # names the deleted event). The data is right; the user's sync log shows a false entry.
-    "spurious_duplicate_skip": True,
-}
+KNOWN_BUGS: dict[str, bool] = {}
 
 MAX_ITEMS = 6
 # A run that fails is retried this many times at most (faults are finite; a hard crash costs one attempt).
@@ -202,7 +187,6 @@ class SyncMachine(RuleBasedStateMachine):
         self.expected_conflicts: set[tuple[int, str, Field]] = set()
         self.logged: set[SyncLogEntry] = set()
         self.policy = ConflictPolicy.CRM_WINS
-        self.delta_expired: set[int] = set()  # people whose delta token Graph forgot (until their next run)
 
     # --- set-up ---------------------------------------------------------------------------------------------
 
@@ -244,10 +228,10 @@ class SyncMachine(RuleBasedStateMachine):
         assert item.crm is not None
         self._crm_edit(item, self._with_field(item.crm, field_, new, data), field_)
 
-    @precondition(lambda self: any(self._deletable_in_crm(i) for i in self.items))
+    @precondition(lambda self: any(_in_crm(i) for i in self.items))
     @rule(data=st.data())
     def crm_delete(self, data: st.DataObject) -> None:
-        item = self._pick(data, self._deletable_in_crm)
+        item = self._pick(data, _in_crm)
         assert item.crm_id is not None
         current = self.world.crm.activity(item.crm_id)
         assert current is not None
@@ -333,10 +317,10 @@ class SyncMachine(RuleBasedStateMachine):
         self.world.outlook_update(person, item.graph_id, {"subject": current["subject"]})
         item.m365_edited_at = self.tick
 
-    @precondition(lambda self: any(self._deletable_in_outlook(i) for i in self.items))
+    @precondition(lambda self: any(_in_outlook(i) for i in self.items))
     @rule(data=st.data())
     def outlook_delete(self, data: st.DataObject) -> None:
-        item = self._pick(data, self._deletable_in_outlook)
+        item = self._pick(data, _in_outlook)
         assert item.graph_id is not None
         self.world.outlook_delete(self.people[item.cal], item.graph_id)
         item.m365 = None
@@ -387,13 +371,11 @@ class SyncMachine(RuleBasedStateMachine):
         self._run(data.draw(self._who(), label="person"))
         self.world.switch.disarm()
 
-    @precondition(lambda self: not self._known_bug_blocks_expiry())
     @rule(data=st.data())
     def expire_delta_token(self, data: st.DataObject) -> None:
         """Graph forgets the delta token (410): the next run starts a full round, which must not duplicate."""
         who = data.draw(self._who(), label="person")
         self.world.graph.expire_delta_tokens(self.people[who].oid)
-        self.delta_expired.add(who)
 
     @rule()
     def settle(self) -> None:
@@ -545,7 +527,6 @@ class SyncMachine(RuleBasedStateMachine):
             self._crm_echo()
             note(f"run of person {who}: {report}")
             if report.ran:
-                self.delta_expired.discard(who)
                 self._synced(who)
                 return report
             fired = self.world.switch.fired
@@ -625,20 +606,7 @@ class SyncMachine(RuleBasedStateMachine):
         entries = self.world.storage().sync_log.recent(self.people[who].user_id, 1000)
         new = [entry for entry in entries if entry not in self.logged]
         self.logged.update(new)
-        linked = {
-            (link.value.crm_id, link.value.graph_id)
-            for link in self.world.storage().links.list_for_user(self.people[who].user_id)
-        }
-        unexpected = [
-            entry
-            for entry in new
-            if entry.kind is not SyncLogKind.CONFLICT
-            and not (
-                KNOWN_BUGS["spurious_duplicate_skip"]
-                and entry.reason == "duplicate"
-                and (entry.crm_id, entry.graph_id) in linked
-            )
-        ]
+        unexpected = [entry for entry in new if entry.kind is not SyncLogKind.CONFLICT]
         assert not unexpected, f"person {who}: sync log entries other than conflicts: {unexpected}"
         logged: set[tuple[int, str, Field]] = set()
         for entry in new:
@@ -687,26 +655,10 @@ class SyncMachine(RuleBasedStateMachine):
         the activity's values go to the new owner's calendar)."""
         return (
             _in_crm(item)
-            and not (KNOWN_BUGS["stale_reassignment_push"] and item.in_transit)
             and item.base is not None
             and item.m365 is not None
             and item.graph_id is not None
             and not self._edited(item.base, item.m365)
-        )
-
-    def _deletable_in_crm(self, item: Item) -> bool:
-        return _in_crm(item) and not (KNOWN_BUGS["deletion_in_transit_ignored"] and item.in_transit)
-
-    def _deletable_in_outlook(self, item: Item) -> bool:
-        if not _in_outlook(item):
-            return False
-        known_bug = KNOWN_BUGS["full_resync_misses_deletions"] and item.cal in self.delta_expired
-        return not (known_bug and item.base is not None)
-
-    def _known_bug_blocks_expiry(self) -> bool:
-        """Whether an event that was synced is deleted in Outlook and no run has seen it yet."""
-        return KNOWN_BUGS["full_resync_misses_deletions"] and any(
-            item.base is not None and item.m365 is None for item in self.items
         )
 
     def _key(self) -> str:

@@ -119,11 +119,13 @@ def test_a_host_killed_while_creating_events_converges_on_restart_without_duplic
 ) -> None:
     user = stack.connect("lou")
     graph = stack.world.graph
+    # Each create takes a moment (4 at a time: 60 creates take about 2 s), so the kill lands mid-run
+    # whatever the machine's speed; at 50 ms a fast run had made them all before the kill.
     graph.inject_fault(
         None,
         count=None,
         retry_after=None,
-        latency=0.05,
+        latency=0.15,
         user=stack.oid(user),
         method="POST",
         path_contains="/events",

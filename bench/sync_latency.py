@@ -20,10 +20,10 @@ caches and are not counted.
 The host polls its queues with the tests' host.json (``fast_queue_host_json``: an empty queue is polled
 after 0.1 s, then every 0.2 s; a change that closely follows the previous run may meet the 0.1 s wait, at most
 0.1 s less than a change minutes apart would wait). The deployed
-host.json lets the back-off grow to 2 s (0.1, 0.2, 0.4 … 2 s), which adds up to 2 s (about 1 s on average) to
-a change that finds the queue idle, as a person's changes minutes apart do: ``--deployed-polling`` measures
-that, pausing ``--idle`` seconds (default 4) plus a random 0-2 s before each change, so that the poller has
-backed off and the change meets it at a random point of its period, as it would.
+host.json lets the back-off grow to 0.5 s (0.1, 0.2, 0.4, 0.5 s), which adds up to 0.5 s (about 0.25 s on
+average) to a change that finds the queue idle, as a person's changes minutes apart do: ``--deployed-polling``
+measures that, pausing ``--idle`` seconds (default 4) plus a random 0-2 s before each change, so that the
+poller has backed off and the change meets it at a random point of its period, as it would.
 
     python -m bench.sync_latency [--changes 100] [--deployed-polling [--idle 4]]
 """
@@ -311,7 +311,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--deployed-polling",
         action="store_true",
-        help="use the repository's host.json (queues polled every 2 s at most) instead of the tests' 0.2 s",
+        help="use the repository's host.json (queues polled every 0.5 s at most) instead of the tests' 0.2 s",
     )
     parser.add_argument(
         "--idle", type=float, help="seconds of quiet before each change (default 0; 4 deployed)"

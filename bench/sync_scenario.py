@@ -48,7 +48,7 @@ NEVER = "0 0 0 1 1 *"  # the renewal and sweep timers stay quiet while measuring
 HOST_ENV_PASSTHROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")
 # How often the local host polls an empty queue at most: host.json's ``maxPollingInterval`` as deployed, and
 # as the tests and these benchmarks shorten it (``fast_queue_host_json``).
-DEPLOYED_MAX_POLLING_S = 2.0
+DEPLOYED_MAX_POLLING_S = 0.5
 FAST_MAX_POLLING_S = 0.2
 
 Figures = dict[str, dict[str, object]]

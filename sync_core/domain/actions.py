@@ -17,9 +17,10 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sync_core.config import ConflictPolicy, DescriptionPolicy
 from sync_core.domain.crm_mapping import crm_activity_json
@@ -85,19 +86,9 @@ class CreateInGraph:
     options: GraphWriteOptions
 
     def body(self) -> Json:
-        if self.activity.is_recurring:
-            # A series is one create of its master (no invitation per occurrence); its overrides and
-            # cancellations follow as instance operations (``series_to_graph``).
-            return graph_series_body(
-                self.activity,
-                for_create=True,
-                now=self.options.now,
-                description_policy=self.options.description_policy,
-                invite_crm_contacts=self.options.invite_crm_contacts,
-                transaction_id=self.transaction_id,
-                default_time_zone=self.options.default_time_zone,
-            )
-        return graph_event_body(
+        # A series is one create of its master (no invitation per occurrence); its overrides and
+        # cancellations follow as instance operations (``series_to_graph``).
+        return _body_of(self.activity)(
             self.activity,
             for_create=True,
             now=self.options.now,
@@ -129,18 +120,7 @@ class UpdateGraph:
 
     def body(self) -> Json:
         """The PATCH of the event (for a series, of its master; empty when only occurrences change)."""
-        if self.activity.is_recurring:
-            return graph_series_body(
-                self.activity,
-                for_create=False,
-                fields=self.fields,
-                now=self.options.now,
-                description_policy=self.options.description_policy,
-                invite_crm_contacts=self.options.invite_crm_contacts,
-                already_invited=self.already_invited,
-                default_time_zone=self.options.default_time_zone,
-            )
-        return graph_event_body(
+        return _body_of(self.activity)(
             self.activity,
             for_create=False,
             fields=self.fields,
@@ -365,3 +345,27 @@ Action = (
     | RecordConflict
     | Skip
 )
+
+
+class _BodyBuilder(Protocol):
+    """What ``graph_event_body`` and ``graph_series_body`` both take."""
+
+    def __call__(
+        self,
+        activity: Activity,
+        /,
+        *,
+        for_create: bool,
+        now: datetime,
+        description_policy: DescriptionPolicy,
+        invite_crm_contacts: bool,
+        fields: Collection[Field] = ...,
+        transaction_id: str | None = None,
+        already_invited: Collection[str] = (),
+        default_time_zone: str = "UTC",
+    ) -> Json: ...
+
+
+def _body_of(activity: Activity) -> _BodyBuilder:
+    """The Graph body builder for ``activity``: a series master's, or a single event's."""
+    return graph_series_body if activity.is_recurring else graph_event_body

@@ -53,6 +53,8 @@ from sync_core.domain.mapping import GRAPH_PREFER, activity_from_graph
 from sync_core.domain.model import Activity, AllDay, Attendee, AttendeeKind, AttendeeType, Field, Timed
 from sync_core.domain.retry_policy import RetryPolicy
 from sync_core.domain.state import Connection, Cursor, Lease, Link, OutboxEntry, SyncLogEntry, Versioned
+from sync_core.errors import ThrottledError, TransientRemoteError
+from sync_core.services.reconcile import RunReport
 from sync_core.wiring import Container
 from tests.e2e.kit import RETURN_URL, Browser, World, new_key, running_world
 
@@ -594,3 +596,43 @@ def crm_side(activity_json: Json) -> dict[Field, JsonValue]:
 
 def graph_side(event_json: Json) -> dict[Field, JsonValue]:
     return canonical_fields(activity_from_graph(event_json))
+
+
+# --- runs as the queue makes them ---------------------------------------------------------------------------
+
+# A run that fails is retried this many times at most (faults are finite; a hard crash costs one attempt).
+MAX_ATTEMPTS = 12
+# Failures a run may meet: the queue retries these.
+RETRIED = (ThrottledError, TransientRemoteError, InjectedCrashError)
+
+
+def run_until_done(
+    world: MachineWorld,
+    container: MachineContainer,
+    user_id: str,
+    *,
+    after_attempt: Callable[[], None],
+    say: Callable[[str], None],
+) -> RunReport:
+    """Run ``user_id``'s sync until one run succeeds, as the queue retries a failing message, calling
+    ``after_attempt`` after each attempt (the CRM pushing the changes the service made to it) and ``say`` with
+    what happened. A hard crash leaves the lease held: the next message is dropped (the run reports
+    ``ran=False``) until the lease expires, so the clock is moved past it."""
+    failures: list[str] = []
+    for _attempt in range(MAX_ATTEMPTS):
+        try:
+            report = container.reconciler.run(user_id)
+        except RETRIED as error:
+            failures.append(f"{type(error).__name__}: {error}")
+            say(f"run of {user_id} failed: {failures[-1]}")
+            after_attempt()
+            continue
+        after_attempt()
+        say(f"run of {user_id}: {report}")
+        if report.ran:
+            return report
+        fired = world.switch.fired
+        assert fired is not None, "a run found the lease held though no worker died"
+        assert fired.hard, "a run found the lease held though its worker released it"
+        world.clock.offset += timedelta(seconds=LEASE_SECONDS + 1)
+    raise AssertionError(f"no run of {user_id} succeeded in {MAX_ATTEMPTS} attempts: {failures}")

@@ -47,17 +47,15 @@ from hypothesis.stateful import (
 
 from devkit.azurite import AzuriteEndpoints
 from sync_core.config import ConflictPolicy
-from sync_core.errors import ThrottledError, TransientRemoteError
 from tests.integration.sync_machine_kit import (
     CRASH_POINTS,
-    LEASE_SECONDS,
     CrashPlan,
-    InjectedCrashError,
     Json,
     MachineContainer,
     MachineWorld,
     Person,
     machine_world,
+    run_until_done,
 )
 
 # Known service bugs this machine found (reported in the issue notes). While one is True the machine avoids
@@ -71,9 +69,7 @@ KNOWN_BUGS = {
 
 OCCURRENCES = 5
 MAX_SERIES = 3
-MAX_ATTEMPTS = 12
 QUIET_ROUNDS = 4
-RETRIED = (ThrottledError, TransientRemoteError, InjectedCrashError)
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 SUBJECTS = ("Weekly sync", "Pipeline review", "1:1", "Stand-up (Zürich)")
 
@@ -432,25 +428,8 @@ class SeriesMachine(RuleBasedStateMachine):
     # --- running and checking -----------------------------------------------------------------------------
 
     def _run(self) -> None:
-        failures: list[str] = []
-        for _attempt in range(MAX_ATTEMPTS):
-            try:
-                report = self.container.reconciler.run(self.me.user_id)
-            except RETRIED as error:
-                failures.append(f"{type(error).__name__}: {error}")
-                _note(f"run failed: {failures[-1]}")
-                self._crm_echo()
-                continue
-            self._crm_echo()
-            _note(f"run: {report}")
-            if report.ran:
-                self._synced()
-                return
-            fired = self.world.switch.fired
-            assert fired is not None, "a run found the lease held though no worker died"
-            assert fired.hard, "a run found the lease held though its worker released it"
-            self.world.clock.offset += timedelta(seconds=LEASE_SECONDS + 1)
-        raise AssertionError(f"no run succeeded in {MAX_ATTEMPTS} attempts: {failures}")
+        run_until_done(self.world, self.container, self.me.user_id, after_attempt=self._crm_echo, say=_note)
+        self._synced()
 
     def _crm_echo(self) -> None:
         for activity in self.world.crm.activities(self.me.user_id):

@@ -59,17 +59,14 @@ from devkit.azurite import AzuriteEndpoints
 from sync_core.config import ConflictPolicy
 from sync_core.domain.model import Field, Side
 from sync_core.domain.state import SyncLogEntry, SyncLogKind
-from sync_core.errors import ThrottledError, TransientRemoteError
 from sync_core.services.reconcile import RunReport
 from tests.integration.sync_machine_kit import (
     ATTENDEE_NAMES,
     CRASH_POINTS,
-    LEASE_SECONDS,
     POLICIES,
     SCALAR_FIELDS,
     ZONES,
     CrashPlan,
-    InjectedCrashError,
     Json,
     MachineContainer,
     MachineWorld,
@@ -81,6 +78,7 @@ from tests.integration.sync_machine_kit import (
     graph_changes,
     graph_side,
     machine_world,
+    run_until_done,
 )
 
 # Known service bugs the machine found (reported in the issue notes). While one is True the machine avoids
@@ -88,12 +86,8 @@ from tests.integration.sync_machine_kit import (
 KNOWN_BUGS: dict[str, bool] = {}
 
 MAX_ITEMS = 6
-# A run that fails is retried this many times at most (faults are finite; a hard crash costs one attempt).
-MAX_ATTEMPTS = 12
 # Rounds of runs in a quiet phase before it must have settled.
 QUIET_ROUNDS = 4
-# Failures a run may meet: the queue retries these.
-RETRIED = (ThrottledError, TransientRemoteError, InjectedCrashError)
 
 # --- what people type ---------------------------------------------------------------------------------------
 
@@ -512,28 +506,12 @@ class SyncMachine(RuleBasedStateMachine):
 
     def _run(self, who: int) -> RunReport:
         """Run ``who``'s sync until one run succeeds, as the queue retries a failing message; after each
-        attempt the CRM pushes the changes the service made to it. A hard crash leaves the lease held: the
-        next message is dropped (the run reports ``ran=False``) until the lease expires."""
-        user_id = self.people[who].user_id
-        failures: list[str] = []
-        for _attempt in range(MAX_ATTEMPTS):
-            try:
-                report = self.container.reconciler.run(user_id)
-            except RETRIED as error:
-                failures.append(f"{type(error).__name__}: {error}")
-                note(f"run of person {who} failed: {failures[-1]}")
-                self._crm_echo()
-                continue
-            self._crm_echo()
-            note(f"run of person {who}: {report}")
-            if report.ran:
-                self._synced(who)
-                return report
-            fired = self.world.switch.fired
-            assert fired is not None, "a run found the lease held though no worker died"
-            assert fired.hard, "a run found the lease held though its worker released it"
-            self.world.clock.offset += timedelta(seconds=LEASE_SECONDS + 1)
-        raise AssertionError(f"no run of person {who} succeeded in {MAX_ATTEMPTS} attempts: {failures}")
+        attempt the CRM pushes the changes the service made to it (``sync_machine_kit.run_until_done``)."""
+        report = run_until_done(
+            self.world, self.container, self.people[who].user_id, after_attempt=self._crm_echo, say=note
+        )
+        self._synced(who)
+        return report
 
     def _crm_echo(self) -> None:
         """The CRM pushes every change of an activity to its owner, the service's own writes included."""
